@@ -3,7 +3,7 @@
 import streamlit as st
 
 from unlearn_core.feature_lists import list_feature_lists
-from unlearn_core.presets import DEFAULT_PRESET, PRESETS
+from unlearn_core.presets import DEFAULT_PRESET, PRESETS, REPO_ROOT
 from unlearn_core.texts import BUILTIN_TEXTS
 
 st.set_page_config(page_title="SAE unlearning", layout="wide")
@@ -19,4 +19,4 @@ st.table([{"preset": p.name + (" (default)" if p.name == DEFAULT_PRESET else "")
 st.subheader("Built-in text sets")
 st.table([{"name": k, "what": v} for k, v in BUILTIN_TEXTS.items()])
 st.subheader("Feature lists shipped")
-st.write([p.name for p in list_feature_lists("feature_lists")])
+st.write([p.name for p in list_feature_lists(REPO_ROOT / "feature_lists")])

@@ -78,7 +78,8 @@ def test_score_tokens_argmax_flags(tiny_lm):
     (scores,) = score_tokens(tiny_lm, [seq])
     logits = tiny_lm.model(torch.tensor([seq]))[0]
     assert torch.equal(scores.is_argmax, logits[:-1].argmax(-1) == torch.tensor(seq[1:]))
-    assert torch.allclose(scores.logprobs, torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(seq[1:])[:, None])[:, 0], atol=1e-5)
+    expected = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(seq[1:])[:, None])[:, 0]
+    assert torch.allclose(scores.logprobs, expected, atol=1e-5)
 
 
 def test_probe_scores_match_manual_computation(tiny_lm, tmp_path):
@@ -122,7 +123,8 @@ def test_conditions(tiny_lm):
     assert random_selections(sel, 7)[0].latents == rand
     assert random_selections(sel, 8)[0].latents != rand
     # with the error term kept, reconstruction_only is the baseline exactly
-    assert perplexity(tiny_lm, TEXTS, conds[2].hooks()).perplexity == pytest.approx(perplexity(tiny_lm, TEXTS).perplexity, rel=1e-6)
+    baseline = perplexity(tiny_lm, TEXTS).perplexity
+    assert perplexity(tiny_lm, TEXTS, conds[2].hooks()).perplexity == pytest.approx(baseline, rel=1e-6)
     # in replace mode it is not: it carries the reconstruction error
     rec = build_conditions(["reconstruction_only"], sel, Intervention(mode="replace"))[0]
     assert abs(perplexity(tiny_lm, TEXTS, rec.hooks()).perplexity / perplexity(tiny_lm, TEXTS).perplexity - 1) > 1e-3

@@ -39,7 +39,7 @@ def test_clean_keywords_is_word_level():
 
 def test_user_text_files(tmp_path):
     f = tmp_path / "book.txt"
-    f.write_bytes("Para one\r\nline two\r\n\r\n\r\nPara two\n   \nPara three".encode())
+    f.write_bytes(b"Para one\r\nline two\r\n\r\n\r\nPara two\n   \nPara three")
     ts = load_texts(str(f))
     assert ts.name == "book" and ts.texts == ("Para one\nline two", "Para two", "Para three")
     assert split_paragraphs("\n\n\n") == []
@@ -179,3 +179,23 @@ def test_feature_list_checked_against_the_loaded_sae(local_sae_dir, tmp_path):
     save_feature_list(fl, tmp_path / "fl.json")
     with pytest.raises(FeatureListError, match="exists"):
         save_feature_list(fl, tmp_path / "fl.json")
+
+
+def test_local_copy_of_a_gemma_scope_2_folder_loads(tmp_path):
+    """A downloaded Gemma Scope 2 folder (hub layout: params.safetensors with w_enc/w_dec/...) loads as JumpReLU."""
+    import torch
+    from safetensors.torch import save_file
+
+    src = tiny_sae(layer=12, d_sae=96)
+    folder = tmp_path / "resid_post" / "layer_12_width_16k_l0_medium"
+    folder.mkdir(parents=True)
+    s = src.sae
+    save_file({"w_enc": s.W_enc.detach().clone(), "w_dec": s.W_dec.detach().clone(), "b_enc": s.b_enc.detach().clone(),
+               "b_dec": s.b_dec.detach().clone(), "threshold": s.threshold.detach().clone()}, str(folder / "params.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"architecture": "jump_relu", "model_name": "gemma-v3-270m-pt"}))
+    loaded = load_sae(str(folder))
+    assert loaded.hook_name == "blocks.12.hook_resid_post" and loaded.width == 96
+    assert loaded.neuronpedia == "gemma-3-270m/12-gemmascope-2-res-16k"
+    assert loaded.sae.cfg.architecture() == "jumprelu" and loaded.sae.cfg.metadata.model_name == "google/gemma-3-270m"
+    x = torch.randn(3, 32)
+    assert torch.allclose(loaded.sae.encode(x), s.encode(x), atol=1e-6)  # b_dec is zero in the tiny SAE

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import UnlearnError
 from .evaluation import CONDITIONS, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQ_LEN
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", dest="json_out", help="write the full result here")
 
     be = sub.add_parser("bench", help="speed benchmark on the offline model (ratios measured in one run)")
-    be.add_argument("--texts", type=int, default=150, help="number of WikiText-2 rows")
+    be.add_argument("--texts", type=int, default=60, help="number of WikiText-2 rows")
     be.add_argument("--repeats", type=int, default=3)
     be.add_argument("--json", dest="json_out", help="write the numbers here")
     return parser
@@ -77,6 +78,28 @@ def _status(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class _TokenProgress:
+    """One tqdm bar (on stderr) per evaluation stage, counting scored tokens."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=stage, unit="tok", file=sys.stderr, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     config = EvaluationConfig(
         forget_set=args.forget_set,
@@ -94,7 +117,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
-    result = run_evaluation(config, status=_status)
+    bar = _TokenProgress()
+    try:
+        result = run_evaluation(config, status=_status, progress=bar)
+    finally:
+        bar.close()
     print(format_table(result))
     if args.json_out:
         print(f"wrote {write_json(result, args.json_out)}", file=sys.stderr)

@@ -54,6 +54,13 @@ _UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 # Data classes
 
 
+def _with_extra(known: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Known keys first, then copies of the unknown keys a file carried (never overriding a known one)."""
+    for key, value in extra.items():
+        known.setdefault(key, copy.deepcopy(value))
+    return known
+
+
 @dataclass
 class Latent:
     """One chosen SAE latent: its index in the SAE, and an optional human label and note."""
@@ -67,9 +74,7 @@ class Latent:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object for this latent (known keys first, then ``extra``)."""
         out: dict[str, Any] = {"id": self.id, "label": self.label, "note": self.note}
-        for key, value in self.extra.items():
-            out.setdefault(key, copy.deepcopy(value))
-        return out
+        return _with_extra(out, self.extra)
 
 
 @dataclass
@@ -101,9 +106,7 @@ class SaeEntry:
             "neuronpedia": self.neuronpedia,
             "latents": [lat.to_dict() for lat in self.latents],
         }
-        for key, value in self.extra.items():
-            out.setdefault(key, copy.deepcopy(value))
-        return out
+        return _with_extra(out, self.extra)
 
 
 @dataclass
@@ -159,9 +162,7 @@ class FeatureList:
             "created": self.created,
             "updated": self.updated,
         }
-        for key, value in self.extra.items():
-            out.setdefault(key, copy.deepcopy(value))
-        return out
+        return _with_extra(out, self.extra)
 
     @classmethod
     def from_dict(

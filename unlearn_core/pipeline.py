@@ -34,6 +34,8 @@ from .texts import load_texts
 
 DEFAULT_TEXTS: tuple[str, ...] = ("wikitext2", "wikitext2-clean", "hp-fanwiki")
 StatusFn = Callable[[str], None]
+StageProgressFn = Callable[[str, int, int], None]
+"""Called as ``progress(stage, done, total)``; ``stage`` names the condition and text/probe set."""
 
 
 @dataclass
@@ -99,6 +101,7 @@ def run_evaluation(
     config: EvaluationConfig,
     lm: LoadedModel | None = None,
     status: StatusFn | None = None,
+    progress: StageProgressFn | None = None,
 ) -> dict[str, Any]:
     """Evaluate a forget set under the configured conditions; returns the JSON-ready result.
 
@@ -124,14 +127,16 @@ def run_evaluation(
             if status:
                 status(f"{cond.name}: perplexity on {ts.name} ({len(ts)} texts)")
             t0 = time.perf_counter()
-            res = perplexity(lm, ts.texts, hooks, config.max_seq_len, config.batch_tokens)
+            res = perplexity(lm, ts.texts, hooks, config.max_seq_len, config.batch_tokens,
+                             _stage(progress, f"{cond.name} / {ts.name}"))
             entry["perplexity"][ts.name] = res.perplexity
             detail["perplexity"][ts.name] = {"n_texts": res.n_texts, "n_tokens": res.n_tokens}
             detail["seconds"][ts.name] = round(time.perf_counter() - t0, 2)
         for ps in probe_sets:
             if status:
                 status(f"{cond.name}: probes {ps.name} ({len(ps)} items)")
-            pres = probe_scores(lm, ps, hooks, batch_tokens=config.batch_tokens)
+            pres = probe_scores(lm, ps, hooks, batch_tokens=config.batch_tokens,
+                                progress=_stage(progress, f"{cond.name} / {ps.name}"))
             entry["probes"][ps.name] = {"top1": pres.top1, "mean_logprob": pres.mean_logprob, "n": pres.n}
         if cond.name == "random_control":
             detail["random_latents"] = {s.sae.ref: list(s.latents) for s in cond.selections}
@@ -154,6 +159,12 @@ def run_evaluation(
     }
     out["details"]["seconds_total"] = round(time.perf_counter() - started, 2)
     return out
+
+
+def _stage(progress: StageProgressFn | None, stage: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
 
 
 def _applied_at(selection: LatentSelection, config: EvaluationConfig) -> str:

@@ -48,10 +48,72 @@ def layer_of_hook(hook_name: str) -> int:
 
 
 def resolve_local_path(ref: str) -> Path | None:
-    """The directory a reference points to, if it is a local sae_lens directory (absolute, or repo-relative)."""
+    """The directory a reference points to, if it is a local SAE directory (absolute, or repo-relative).
+
+    Two layouts are understood: sae_lens' own (``cfg.json`` + ``sae_weights.safetensors``) and a downloaded
+    Gemma Scope 2 folder (``params.safetensors``, e.g. ``.../resid_post/layer_12_width_16k_l0_medium``).
+    """
     for candidate in (Path(ref).expanduser(), REPO_ROOT / ref):
-        if (candidate / "cfg.json").is_file():
+        if (candidate / "cfg.json").is_file() or (candidate / "params.safetensors").is_file():
             return candidate.resolve()
+    return None
+
+
+def gemma_scope_2_disk_loader(
+    path: str | Path, device: str = "cpu", cfg_overrides: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """sae_lens disk converter for a local copy of a Gemma Scope 2 residual SAE folder (hub layout).
+
+    Mirrors sae_lens' own Gemma 3 hub loader: JumpReLU, trained on ``blocks.{L}.hook_resid_post``, no b_dec
+    subtraction at the input. The layer comes from the folder name, as in sae_lens.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    match = re.search(r"layer_(\d+)", path.name)
+    if match is None or "resid_post" not in str(path):
+        raise ModelUnavailableError(
+            f"{path} looks like a Gemma Scope 2 folder but is not a residual one named like "
+            "'resid_post/layer_12_width_16k_l0_medium'"
+        )
+    raw_cfg: dict[str, Any] = {}
+    if (path / "config.json").is_file():
+        raw_cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    raw = load_file(str(path / "params.safetensors"), device=device)
+    d_in, d_sae = raw["w_enc"].shape
+    layer = int(match.group(1))
+    model_name = str(raw_cfg.get("model_name", "google/gemma-3-270m"))
+    if not model_name.startswith("google/"):
+        model_name = "google/" + model_name
+    cfg = {
+        "architecture": "jumprelu",
+        "d_in": int(d_in),
+        "d_sae": int(d_sae),
+        "dtype": "float32",
+        "device": device,
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        # sae_lens moves these top-level keys into cfg.metadata
+        "model_name": model_name.replace("-v3", "-3").replace("-pt", ""),
+        "hook_name": f"blocks.{layer}.hook_resid_post",
+        "prepend_bos": True,
+        "neuronpedia_id": _gemma_scope_2_neuronpedia_id(path.name),
+    }
+    if cfg_overrides:
+        cfg.update(cfg_overrides)
+    state = {"W_enc": raw["w_enc"], "W_dec": raw["w_dec"], "b_enc": raw["b_enc"], "b_dec": raw["b_dec"],
+             "threshold": raw["threshold"]}
+    return cfg, state
+
+
+def _gemma_scope_2_neuronpedia_id(sae_id: str) -> str | None:
+    for release in ("gemma-scope-2-270m-pt-res", "gemma-scope-2-270m-pt-res-all"):
+        found = release_neuronpedia_id(release, sae_id)
+        if found:
+            return found
     return None
 
 
@@ -87,8 +149,11 @@ def load_sae(ref: str, device: str = "cpu", dtype: str | torch.dtype = "float32"
     dtype_name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
     local = resolve_local_path(ref)
     if local is not None:
+        converter = {} if (local / "cfg.json").is_file() else {"converter": gemma_scope_2_disk_loader}
         try:
-            sae = SAE.load_from_disk(str(local), device=device, dtype=dtype_name)
+            sae = SAE.load_from_disk(str(local), device=device, dtype=dtype_name, **converter)
+        except ModelUnavailableError:
+            raise
         except Exception as exc:
             raise ModelUnavailableError(f"could not load the local SAE at {local}: {exc}") from exc
     else:
