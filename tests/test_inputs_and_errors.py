@@ -145,6 +145,17 @@ def test_describe_hub_error_classifies():
     assert "HF_TOKEN" in describe_hub_error("m", OSError("401 Client Error: gated repo"))
     assert "no network" in describe_hub_error("m", ConnectionError("Failed to establish a new connection"))
     assert "memory" in describe_hub_error("m", RuntimeError("CUDA out of memory"))
+    url = "https://huggingface.co/google/x/resolve/main/params.safetensors"
+    assert "HTTP 503" in describe_hub_error("m", OSError(f"503 Server Error: Service Unavailable for url: {url}"))
+    assert "HTTP 429" in describe_hub_error("m", OSError(f"429 Client Error: Too Many Requests for url: {url}"))
+    assert "not found" in describe_hub_error("m", OSError(f"404 Client Error: Not Found for url: {url}"))
+    try:
+        try:
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        except ConnectionRefusedError as inner:
+            raise RuntimeError("download failed") from inner
+    except RuntimeError as outer:
+        assert "no network" in describe_hub_error("m", outer)
 
 
 @pytest.fixture()

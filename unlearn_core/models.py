@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -231,24 +232,62 @@ def hf_token_available() -> bool:
         return False
 
 
+_HTTP_STATUS = re.compile(r"\b([45]\d\d)\b (?:Client|Server) Error|status(?: code)?[ :=]+([45]\d\d)\b", re.IGNORECASE)
+_NO_CONNECTION = ("connection refused", "failed to establish", "name or service not known", "temporary failure in name",
+                  "timed out", "timeout", "network is unreachable", "connecterror", "max retries exceeded")
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _http_status(chain: list[BaseException]) -> int | None:
+    for err in chain:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status
+        match = _HTTP_STATUS.search(str(err))
+        if match:
+            return int(match.group(1) or match.group(2))
+    return None
+
+
 def describe_hub_error(what: str, exc: BaseException) -> str:
-    """A one-line, actionable explanation of a failure to fetch ``what`` from the Hugging Face hub."""
-    text = f"{type(exc).__name__}: {exc}"
+    """A one-line, actionable explanation of a failure to fetch ``what`` from the Hugging Face hub.
+
+    Never includes the token: only exception types, HTTP statuses and the first line of the message are used.
+    """
+    chain = _exception_chain(exc)
+    text = " | ".join(f"{type(e).__name__}: {e}" for e in chain)
     lowered = text.lower()
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in lowered:
+    status = _http_status(chain)
+    if any(isinstance(e, (MemoryError, torch.OutOfMemoryError)) for e in chain) or "out of memory" in lowered:
         return f"not enough memory to load {what}: try bfloat16, a GPU, or a smaller model"
-    if "gated" in lowered or "401" in lowered or "403" in lowered or "token" in lowered:
+    if status in (401, 403) or "gated" in lowered:
         return (
             f"access to {what} was refused by the Hugging Face hub: set HF_TOKEN to a token whose account "
             "has accepted the model's licence"
         )
+    if status == 429:
+        return f"the Hugging Face hub is rate-limiting requests for {what} (HTTP 429); wait a minute and try again"
+    if status is not None and status >= 500:
+        return f"the Hugging Face hub answered with a server error (HTTP {status}) for {what}; try again later"
+    if status == 404 or "entrynotfound" in lowered or "repositorynotfound" in lowered:
+        return f"{what} was not found on the Hugging Face hub (HTTP 404): check the name"
     if "offline" in lowered or "localentrynotfound" in lowered:
         return f"{what} is not in the local Hugging Face cache and hub access is off (HF_HUB_OFFLINE=1)"
-    if "connect" in lowered or "resolve" in lowered or "timed out" in lowered or "network" in lowered:
+    if any(isinstance(e, ConnectionError) for e in chain) or any(k in lowered for k in _NO_CONNECTION):
         return f"could not reach the Hugging Face hub to fetch {what} (no network?); the offline preset needs none"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return f"{what} is not in the local Hugging Face cache and hub access is off (HF_HUB_OFFLINE=1)"
-    return f"could not load {what} from the Hugging Face hub ({text.splitlines()[0][:300]})"
+    first = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    return f"could not load {what} from the Hugging Face hub ({first})"
 
 
 @contextlib.contextmanager
