@@ -117,7 +117,7 @@ class TokenScores:
     is_argmax: torch.Tensor
 
 
-def _batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+def batches_by_length(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     """Group sequence indices, longest first, so each padded batch has at most ``batch_tokens`` tokens."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
@@ -149,7 +149,7 @@ def score_tokens(
     results: list[TokenScores | None] = [None] * len(sequences)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     with torch.inference_mode(), intervened(lm, hooks) as model:
-        for batch in _batches(lengths, batch_tokens):
+        for batch in batches_by_length(lengths, batch_tokens):
             width = lengths[batch[0]]
             tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
             for row, i in enumerate(batch):
