@@ -115,3 +115,14 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "line 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cached_transformer_lens_weights_reproduce_the_reference_conversion(real_lm):
+    """Later starts rebuild the model from cached TransformerLens weights; it must equal the slow HF -> TL path."""
+    from unlearn_core.models import load_model, offline_checkpoint, wrap_offline_checkpoint
+
+    fast = load_model("gemma-3-270m-offline", device="cpu", dtype="float32")  # the cache exists after real_lm
+    reference = wrap_offline_checkpoint(offline_checkpoint(), real_lm.tokenizer, "google/gemma-3-270m")
+    tokens = torch.tensor([[real_lm.bos_token_id, *real_lm.tokenizer("The Sorting Hat sang a song.")["input_ids"]]])
+    with torch.inference_mode():
+        assert torch.equal(fast.model(tokens), reference(tokens))

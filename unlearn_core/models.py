@@ -22,6 +22,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -191,18 +192,91 @@ def load_model(
 
 
 def _load_offline(preset: ModelPreset, device: str, dtype: torch.dtype, progress: ProgressFn | None) -> Any:
-    from sae_lens import HookedSAETransformer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     path = offline_checkpoint(progress)
     _say(progress, "Loading Gemma 3 270M from the local cache")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = _load_transformer_lens_cache(tokenizer, device, dtype)
+    if model is None:
+        model = wrap_offline_checkpoint(path, tokenizer, preset.model_id, progress)
+        _save_transformer_lens_cache(model)
+        model = model.to(device=device, dtype=dtype) if (device, dtype) != ("cpu", torch.float32) else model
+    return model
+
+
+def wrap_offline_checkpoint(path: Path, tokenizer: Any, model_id: str, progress: ProgressFn | None = None) -> Any:
+    """The slow, reference path: HF checkpoint -> ``HookedSAETransformer.from_pretrained_no_processing`` (fp32, CPU)."""
+    from sae_lens import HookedSAETransformer
+    from transformers import AutoModelForCausalLM
+
     hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    _say(progress, "Wrapping the model with TransformerLens")
+    _say(progress, "Wrapping the model with TransformerLens (first run only)")
     with _hub_offline():
         return HookedSAETransformer.from_pretrained_no_processing(
-            preset.model_id, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+            model_id, hf_model=hf_model, tokenizer=tokenizer, device="cpu", dtype=torch.float32
         )
+
+
+def _tl_cache_dir() -> Path:
+    return cache_dir() / (OFFLINE_CHECKPOINT_NAME + "-transformer-lens")
+
+
+def _save_transformer_lens_cache(model: Any) -> None:
+    """Cache the converted TransformerLens weights and config, so later starts skip the conversion (~20 s).
+
+    Buffers (attention masks, rotary tables) are rebuilt from the config; a tied unembedding is stored once.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    buffers = {name for name, _ in model.named_buffers()}
+    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in buffers}
+    tied = torch.equal(weights["unembed.W_U"], weights["embed.W_E"].T)
+    if tied:
+        del weights["unembed.W_U"]
+    cfg = {k: v for k, v in model.cfg.to_dict().items() if k not in ("dtype", "device")}
+    meta = {"cfg": cfg, "tied_unembed": tied, "transformer_lens": package_version("transformer-lens")}
+    target = _tl_cache_dir()
+    tmp = Path(tempfile.mkdtemp(prefix=".tl-", dir=target.parent))
+    try:
+        save_file(weights, str(tmp / "weights.safetensors"))
+        (tmp / "meta.json").write_text(json.dumps(meta, default=str), encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_transformer_lens_cache(tokenizer: Any, device: str, dtype: torch.dtype) -> Any | None:
+    """Rebuild the model from :func:`_save_transformer_lens_cache` output; None if absent or from another version."""
+    import json
+
+    from sae_lens import HookedSAETransformer
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformerConfig
+
+    folder = _tl_cache_dir()
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if meta.get("transformer_lens") != package_version("transformer-lens"):
+        return None
+    cfg = HookedTransformerConfig.from_dict({**meta["cfg"], "dtype": dtype, "device": device, "init_weights": False})
+    model = HookedSAETransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
+    weights = load_file(str(folder / "weights.safetensors"))
+    if meta["tied_unembed"]:
+        weights["unembed.W_U"] = weights["embed.W_E"].T.contiguous()
+    weights = {k: v.to(dtype) for k, v in weights.items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+    buffers = {name for name, _ in model.named_buffers()}
+    if unexpected or set(missing) - buffers:
+        return None
+    return model.to(device)
 
 
 def _load_from_hub(preset: ModelPreset, device: str, dtype: torch.dtype, progress: ProgressFn | None) -> Any:

@@ -174,14 +174,14 @@ def _applied_at(selection: LatentSelection, config: EvaluationConfig) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import sae_lens
-    import transformer_lens
+    from importlib.metadata import version
 
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "transformer_lens": getattr(transformer_lens, "__version__", "?"),
-        "sae_lens": getattr(sae_lens, "__version__", "?"),
+        "transformer_lens": version("transformer-lens"),
+        "sae_lens": version("sae-lens"),
+        "transformers": version("transformers"),
     }
 
 
