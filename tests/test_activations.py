@@ -30,8 +30,8 @@ def test_matches_run_with_cache_and_skips_bos(tiny_lm):
 
 
 def test_stops_after_the_deepest_hook(tiny_lm):
-    assert stop_layer_for(HOOKS, 3) == 2
-    assert stop_layer_for(["blocks.2.hook_resid_post"], 3) is None
+    assert stop_layer_for(HOOKS) == 2
+    assert stop_layer_for(["blocks.2.hook_resid_post"]) == 3
     fired = []
     spy = ("blocks.2.hook_resid_pre", lambda act, hook: fired.append(1))
     list(iter_activations(tiny_lm, tokenize_with_bos(tiny_lm, TEXTS), HOOKS, extra_hooks=[spy]))

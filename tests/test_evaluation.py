@@ -159,3 +159,35 @@ def test_generation_is_reproducible(tiny_lm):
     assert generate(tiny_lm, "Hello", max_new_tokens=10) == generate(tiny_lm, "Hello", max_new_tokens=10)
     with pytest.raises(InputError, match="empty"):
         generate(tiny_lm, "   ")
+
+
+def test_long_probe_prompt_keeps_bos_and_scores_the_answer(tiny_lm, tmp_path):
+    prompt = "word " * 80 + "The answer is"
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps([{"prompt": prompt, "answer": "yes"}]))
+    res = probe_scores(tiny_lm, load_probes(str(path)), max_seq_len=20)
+    answer = tiny_lm.tokenizer(" yes")["input_ids"]
+    body = (tiny_lm.tokenizer(prompt)["input_ids"] + answer)[-19:]
+    seq = [tiny_lm.bos_token_id, *body]
+    logp = torch.log_softmax(tiny_lm.model(torch.tensor([seq]))[0], -1)
+    expected = sum(float(logp[len(seq) - len(answer) - 1 + k, a]) for k, a in enumerate(answer)) / len(answer)
+    assert res.n == 1 and res.mean_logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_long_generation_prompt_keeps_its_end(tiny_lm):
+    from unlearn_core.evaluation import prompt_token_ids
+
+    ids = prompt_token_ids(tiny_lm, "x" * 500 + "END", 10)
+    assert ids[0] == tiny_lm.bos_token_id and len(ids) == 10
+    assert tiny_lm.tokenizer.decode(ids[1:]).endswith("END")
+    assert len(generate(tiny_lm, "y" * 500, max_new_tokens=5)) <= 5 * 4
+    with pytest.raises(InputError, match="no room"):
+        generate(tiny_lm, "hi", max_new_tokens=tiny_lm.n_ctx)
+
+
+def test_intervention_values_are_checked():
+    with pytest.raises(InputError, match="finite"):
+        Intervention(mode="clamp", value=float("nan"))
+    with pytest.raises(InputError, match="takes no value"):
+        Intervention(mode="zero", value=3.0)
+    assert Intervention(mode="clamp").strength == 10.0

@@ -210,3 +210,46 @@ def test_local_copy_of_a_gemma_scope_2_folder_loads(tmp_path):
     assert loaded.sae.cfg.architecture() == "jumprelu" and loaded.sae.cfg.metadata.model_name == "google/gemma-3-270m"
     x = torch.randn(3, 32)
     assert torch.allclose(loaded.sae.encode(x), s.encode(x), atol=1e-6)  # b_dec is zero in the tiny SAE
+
+
+def test_sae_that_does_not_fit_the_model_is_refused(tiny_lm):
+    from unlearn_core.bench import random_jumprelu_sae
+    from unlearn_core.interventions import Intervention, LatentSelection
+    from unlearn_core.pipeline import check_selections_fit_model
+
+    wrong_width = random_jumprelu_sae(16, 8, "blocks.1.hook_resid_post")
+    with pytest.raises(FeatureListError, match="trained on another model"):
+        check_selections_fit_model(tiny_lm, [LatentSelection(wrong_width, (1,))], Intervention())
+    too_deep = random_jumprelu_sae(32, 8, "blocks.7.hook_resid_post")
+    with pytest.raises(FeatureListError, match="does not have"):
+        check_selections_fit_model(tiny_lm, [LatentSelection(too_deep, (1,))], Intervention())
+    check_selections_fit_model(tiny_lm, [LatentSelection(tiny_sae(), (1,))], Intervention())
+
+
+def test_bad_devices_are_refused():
+    from unlearn_core.models import validate_device
+
+    assert validate_device("cpu") == "cpu"
+    with pytest.raises(ModelUnavailableError, match="unknown device"):
+        validate_device("gpu-please")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelUnavailableError, match="not available"):
+            validate_device("cuda")
+
+
+def test_cli_refuses_bad_settings_before_running(tmp_path, capsys, monkeypatch):
+    from unlearn_core.cli import main
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
+
+    rc = main(["evaluate", "--forget-set", "feature_lists/reference_gemma-2-2b_layer12.json",
+               "--json", str(tmp_path / "missing-folder" / "out.json")])
+    assert rc == 2 and "cannot write --json" in capsys.readouterr().err
+    rc = main(["evaluate", "--forget-set", "feature_lists/reference_gemma-2-2b_layer12.json", "--mode", "clamp",
+               "--value", "nan"])
+    assert rc == 2 and "finite" in capsys.readouterr().err
+    rc = main(["evaluate", "--forget-set", "feature_lists/reference_gemma-2-2b_layer12.json"])
+    assert rc == 2 and "HF_TOKEN" in capsys.readouterr().err

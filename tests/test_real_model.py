@@ -79,7 +79,8 @@ def test_run_evaluation_all_conditions(real_lm, tmp_path):
         assert set(entry["perplexity"]) == {"wikitext2", "hp-fanwiki"}
         assert set(entry["probes"]["hp_cloze"]) == {"top1", "mean_logprob", "n"}
     base, recon = conds["baseline"], conds["reconstruction_only"]
-    assert recon["perplexity"] == pytest.approx(base["perplexity"], rel=1e-5)  # error term kept
+    assert recon["perplexity"] == base["perplexity"]  # error term kept: exactly the baseline
+    assert res["details"]["reconstruction_only"]["identical_to"].startswith("baseline")
     assert conds["ablated"]["perplexity"]["wikitext2"] != pytest.approx(base["perplexity"]["wikitext2"], rel=1e-4)
     assert base["probes"]["hp_cloze"]["n"] == 2 and base["probes"]["hp_cloze"]["top1"] >= 0.5  # knows "Rowling"
     assert res["settings"]["saes"][0]["applied_at"] == "blocks.9.hook_resid_post"

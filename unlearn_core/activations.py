@@ -33,11 +33,9 @@ class ActivationBatch:
     position: torch.Tensor
 
 
-def stop_layer_for(hook_names: Sequence[str], n_layers: int) -> int | None:
-    """The ``stop_at_layer`` that still runs every block the hooks live in (None when the last block is needed)."""
-    deepest = max(layer_of_hook(h) for h in hook_names)
-    stop = deepest + 1
-    return None if stop >= n_layers else stop
+def stop_layer_for(hook_names: Sequence[str]) -> int:
+    """The ``stop_at_layer`` that still runs every block the hooks live in (and never the unembedding)."""
+    return max(layer_of_hook(h) for h in hook_names) + 1
 
 
 def iter_activations(
@@ -59,7 +57,7 @@ def iter_activations(
     lengths = [len(s) for s in sequences]
     if any(n < 1 for n in lengths):
         raise InputError("empty token sequence")
-    stop = stop_layer_for(hook_names, lm.model.cfg.n_layers)
+    stop = stop_layer_for(hook_names)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     total = sum(lengths)
     done = 0
@@ -74,7 +72,7 @@ def iter_activations(
         capture = _capture_hook(captured, keep)
         hooks = [*extra_hooks, *((name, capture) for name in hook_names)]
         with torch.inference_mode(), intervened(lm, hooks) as model:
-            model(tokens.to(lm.device), stop_at_layer=stop, return_type=None)
+            model(tokens.to(lm.device), stop_at_layer=stop)
         seq_index = torch.tensor(batch).repeat_interleave(keep.sum(dim=1))
         positions = torch.arange(width).expand(len(batch), width)[keep]
         done += sum(lengths[i] for i in batch)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import UnlearnError
+from .errors import InputError, UnlearnError
 from .evaluation import CONDITIONS, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQ_LEN
 from .interventions import MODES
 from .pipeline import DEFAULT_TEXTS, EvaluationConfig, format_table, run_evaluation, write_json
@@ -100,7 +101,21 @@ class _TokenProgress:
             self.bar = None
 
 
+def _check_writable(path: str | None) -> None:
+    """Fail before a long run, not after it, when the result file cannot be written."""
+    if not path:
+        return
+    from pathlib import Path
+
+    folder = Path(path).expanduser().resolve().parent
+    if Path(path).is_dir():
+        raise InputError(f"--json {path} is a folder; give a file name")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError(f"cannot write --json {path}: folder {folder} does not exist or is not writable")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    _check_writable(args.json_out)
     config = EvaluationConfig(
         forget_set=args.forget_set,
         preset=args.model,
@@ -131,6 +146,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import format_benchmark, run_benchmark
 
+    if args.texts < 8 or args.repeats < 1:
+        raise InputError("bench needs --texts >= 8 and --repeats >= 1")
+    _check_writable(args.json_out)
     result = run_benchmark(n_texts=args.texts, repeats=args.repeats, status=_status)
     print(format_benchmark(result))
     if args.json_out:

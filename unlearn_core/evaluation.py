@@ -179,7 +179,7 @@ def _final_logprobs(model: Any, resid: torch.Tensor, targets: torch.Tensor) -> t
     The vocabulary projection dominates the cost of scoring (262k x 640 for Gemma 3), so it is done in chunks into
     one reused buffer, and the log-sum-exp is computed in place: no 1 GB temporaries, no page-fault storms.
     """
-    from transformer_lens.utilities.activation_functions import apply_softcap, softcap_enabled
+    from transformer_lens.utilities.activation_functions import softcap_enabled
 
     n = resid.shape[0]
     if n == 0:
@@ -201,7 +201,7 @@ def _final_logprobs(model: Any, resid: torch.Tensor, targets: torch.Tensor) -> t
         if b_u is not None:
             logits.add_(b_u.float())
         if softcap_enabled(cap):
-            logits.copy_(apply_softcap(logits, cap))
+            logits.div_(cap).tanh_().mul_(cap)  # = apply_softcap, without a chunk-sized temporary
         tgt = targets[start : start + UNEMBED_CHUNK]
         tgt_logits = logits.gather(1, tgt[:, None])[:, 0]
         top, arg = logits.max(dim=-1)
@@ -280,17 +280,21 @@ def probe_scores(
     progress: ProgressCallback | None = None,
 ) -> ProbeResult:
     """Score every probe's answers as continuations of its prompt, in one batched pass."""
+    limit = min(max_seq_len, lm.n_ctx)
+    if limit < 3:
+        raise InputError("max_seq_len for probes must be at least 3 (BOS, prompt, answer)")
     sequences: list[list[int]] = []
     owners: list[tuple[int, int]] = []  # (probe index, number of answer tokens)
     for p_index, probe in enumerate(probe_set.probes):
-        prompt_ids = [lm.bos_token_id] + lm.tokenizer(probe.prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = lm.tokenizer(probe.prompt, add_special_tokens=False)["input_ids"]
         for answer in probe.answers:
             answer_ids = lm.tokenizer(answer_continuation(probe.prompt, answer), add_special_tokens=False)["input_ids"]
-            if not answer_ids:
-                continue
-            seq = (prompt_ids + answer_ids)[-max_seq_len:]
-            sequences.append(seq)
-            owners.append((p_index, min(len(answer_ids), len(seq) - 1)))
+            if not answer_ids or len(answer_ids) > limit - 2:
+                continue  # nothing to score, or no room for any prompt
+            # keep BOS and the end of the prompt: the answer must follow the prompt's last tokens
+            body = (prompt_ids + answer_ids)[-(limit - 1) :]
+            sequences.append([lm.bos_token_id, *body])
+            owners.append((p_index, len(answer_ids)))
     if not sequences:
         raise InputError(f"probe set {probe_set.name} has no scorable answers")
     scores = score_tokens(lm, sequences, hooks, batch_tokens, progress)
@@ -309,6 +313,12 @@ def probe_scores(
 
 
 # --------------------------------------------------------------------------------------------- generation
+
+
+def prompt_token_ids(lm: LoadedModel, prompt: str, max_tokens: int) -> list[int]:
+    """BOS plus the prompt's tokens; a prompt too long keeps its end (what generation continues from)."""
+    ids = lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return [lm.bos_token_id, *ids[-(max_tokens - 1) :]]
 
 
 def generate(
@@ -331,18 +341,26 @@ def generate(
         raise InputError("the prompt is empty")
     if temperature < 0:
         raise InputError("temperature must be >= 0")
+    if max_new_tokens < 1:
+        raise InputError("max_new_tokens must be at least 1")
     condition = condition or Condition("baseline")
-    ids = tokenize_with_bos(lm, [prompt], max_prompt_tokens)[0]
+    room = min(max_prompt_tokens, lm.n_ctx - max_new_tokens)
+    if room < 2:
+        raise InputError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {lm.n_ctx}-token context")
+    ids = prompt_token_ids(lm, prompt, room)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     eos_ids = {lm.tokenizer.eos_token_id}
     new_tokens: list[int] = []
+    prompt_hooks = condition.hooks(protect_first_position=True)
+    step_hooks = condition.hooks(protect_first_position=False)
     with torch.inference_mode(), lm.exclusive() as model:
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, lm.device, 1)
         step_input = torch.tensor([ids], dtype=torch.long, device=lm.device)
         for step in range(max_new_tokens):
-            hooks = condition.hooks(protect_first_position=(step == 0))
-            with intervened(lm, hooks):
-                logits = model(step_input, past_kv_cache=cache)[0, -1].float()
+            # An explicit mask: TransformerLens would otherwise mask any generated token equal to the pad id.
+            mask = torch.ones_like(step_input)
+            with intervened(lm, prompt_hooks if step == 0 else step_hooks):
+                logits = model(step_input, past_kv_cache=cache, attention_mask=mask)[0, -1].float()
             if temperature == 0:
                 token = int(logits.argmax())
             else:

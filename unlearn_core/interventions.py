@@ -13,6 +13,7 @@ latents need encoding and the change is a small matrix product: the full SAE is 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -50,6 +51,11 @@ class Intervention:
             raise InputError(f"unknown intervention mode {self.mode!r}; choose one of {list(MODES)}")
         if self.hook_site not in ("trained", "resid_pre"):
             raise InputError(f"unknown hook site {self.hook_site!r}; choose 'trained' or 'resid_pre'")
+        if self.value is not None:
+            if self.mode in ("zero", "replace"):
+                raise InputError(f"mode {self.mode!r} takes no value (it sets the latents to 0)")
+            if not math.isfinite(self.value):
+                raise InputError(f"intervention value must be a finite number, got {self.value}")
         if self.mode == "clamp" and self.strength < 0:
             raise InputError("clamp value c must be >= 0 (active latents are set to -c)")
 
@@ -108,17 +114,42 @@ def encode_latents(sae: Any, x: torch.Tensor, latents: torch.Tensor) -> torch.Te
     JumpReLU and ReLU SAEs without run-time normalisation are computed for the subset directly;
     other architectures (TopK, normalising SAEs) fall back to the full encoder.
     """
-    arch = sae.cfg.architecture()
-    if _is_plain_affine(sae) and arch in ("jumprelu", "standard"):
-        sae_in = x.to(sae.dtype)
-        if sae.cfg.apply_b_dec_to_input:
-            sae_in = sae_in - sae.b_dec
-        pre = sae_in @ sae.W_enc[:, latents] + sae.b_enc[latents]
+    subset = SubsetEncoder.for_sae(sae, latents)
+    return subset(x) if subset is not None else sae.encode(x)[..., latents]
+
+
+@dataclass(frozen=True)
+class SubsetEncoder:
+    """The encoder of a JumpReLU/ReLU SAE restricted to some latents, with its weights gathered once."""
+
+    w_enc: torch.Tensor
+    b_enc: torch.Tensor
+    b_dec_in: torch.Tensor | None
+    threshold: torch.Tensor | None
+    dtype: torch.dtype
+
+    @classmethod
+    def for_sae(cls, sae: Any, latents: torch.Tensor) -> SubsetEncoder | None:
+        arch = sae.cfg.architecture()
+        if not (_is_plain_affine(sae) and arch in ("jumprelu", "standard")):
+            return None
+        return cls(
+            w_enc=sae.W_enc[:, latents].detach(),
+            b_enc=sae.b_enc[latents].detach(),
+            b_dec_in=sae.b_dec.detach() if sae.cfg.apply_b_dec_to_input else None,
+            threshold=sae.threshold[latents].detach() if arch == "jumprelu" else None,
+            dtype=sae.dtype,
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        sae_in = x.to(self.dtype)
+        if self.b_dec_in is not None:
+            sae_in = sae_in - self.b_dec_in
+        pre = sae_in @ self.w_enc + self.b_enc
         acts = torch.relu(pre)
-        if arch == "jumprelu":
-            acts = acts * (pre > sae.threshold[latents]).to(acts.dtype)
+        if self.threshold is not None:
+            acts = acts * (pre > self.threshold).to(acts.dtype)
         return acts
-    return sae.encode(x)[..., latents]
 
 
 def edit_latents(acts: torch.Tensor, mode: EditMode, value: float | torch.Tensor) -> torch.Tensor:
@@ -152,6 +183,8 @@ def make_hook(
     mode = intervention.edit_mode
     value = intervention.strength
     start = 1 if protect_first_position else 0
+    subset = SubsetEncoder.for_sae(sae, index) if intervention.keeps_error_term else None
+    w_dec_subset = sae.W_dec[index].detach() if subset is not None else None
 
     def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TransformerLens signature
         x = activation[:, start:]
@@ -160,8 +193,11 @@ def make_hook(
         if intervention.keeps_error_term:
             if index.numel() == 0:
                 return activation
-            if _is_plain_affine(sae):
-                before = encode_latents(sae, x, index)
+            if subset is not None:
+                before = subset(x)
+                delta = (edit_latents(before, mode, value) - before) @ w_dec_subset
+            elif _is_plain_affine(sae):
+                before = sae.encode(x)[..., index]
                 delta = (edit_latents(before, mode, value) - before) @ sae.W_dec[index]
             else:
                 # Normalising SAEs keep per-call state from encode() for decode(), so pair each decode with

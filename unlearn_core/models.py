@@ -91,7 +91,10 @@ def cache_dir() -> Path:
     """Where converted checkpoints and other caches live (``$UNLEARN_CACHE_DIR`` or ``~/.cache/unlearn_core``)."""
     root = os.environ.get("UNLEARN_CACHE_DIR")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "unlearn_core"
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelUnavailableError(f"cannot create the cache folder {base} ({exc.strerror}); set UNLEARN_CACHE_DIR") from exc
     return base
 
 
@@ -102,6 +105,21 @@ def default_device() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def validate_device(device: str) -> str:
+    """Check that a device name is valid and present here (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ModelUnavailableError(f"unknown device {device!r}; use cpu, cuda or mps") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ModelUnavailableError(f"device {device!r} is not available here (no such CUDA GPU); use cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelUnavailableError("device 'mps' is not available here; use cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelUnavailableError(f"unsupported device {device!r}; use cpu, cuda or mps")
+    return device
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, preset: ModelPreset) -> torch.dtype:
@@ -151,6 +169,11 @@ def offline_checkpoint(progress: ProgressFn | None = None) -> Path:
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except OSError as exc:
+        raise ModelUnavailableError(
+            f"could not write the converted model to {target} ({exc.strerror or exc}); it needs about 3 GB free, "
+            "or set UNLEARN_CACHE_DIR to another folder"
+        ) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -168,7 +191,7 @@ def load_model(
     Raises :class:`ModelUnavailableError` with an actionable message when the hub, a token or memory is missing.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    device = device or default_device()
+    device = validate_device(device or default_device())
     if device == "cpu":
         keep_freed_memory()
     torch_dtype = resolve_dtype(dtype, preset)
@@ -198,11 +221,14 @@ def _load_offline(preset: ModelPreset, device: str, dtype: torch.dtype, progress
     _say(progress, "Loading Gemma 3 270M from the local cache")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = _load_transformer_lens_cache(tokenizer, device, dtype)
-    if model is None:
-        model = wrap_offline_checkpoint(path, tokenizer, preset.model_id, progress)
+    if model is not None:
+        return model
+    model = wrap_offline_checkpoint(path, tokenizer, preset.model_id, progress)
+    try:
         _save_transformer_lens_cache(model)
-        model = model.to(device=device, dtype=dtype) if (device, dtype) != ("cpu", torch.float32) else model
-    return model
+    except OSError as exc:  # a read-only or full cache only costs speed on the next start
+        log.warning("could not cache the converted weights in %s: %s", _tl_cache_dir(), exc)
+    return model.to(dtype, print_details=False).to(device, print_details=False)
 
 
 def wrap_offline_checkpoint(path: Path, tokenizer: Any, model_id: str, progress: ProgressFn | None = None) -> Any:
@@ -212,10 +238,9 @@ def wrap_offline_checkpoint(path: Path, tokenizer: Any, model_id: str, progress:
 
     hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     _say(progress, "Wrapping the model with TransformerLens (first run only)")
-    with _hub_offline():
-        return HookedSAETransformer.from_pretrained_no_processing(
-            model_id, hf_model=hf_model, tokenizer=tokenizer, device="cpu", dtype=torch.float32
-        )
+    return HookedSAETransformer.from_pretrained_no_processing(
+        model_id, hf_model=hf_model, tokenizer=tokenizer, device="cpu", dtype=torch.float32
+    )
 
 
 def _tl_cache_dir() -> Path:
@@ -276,7 +301,7 @@ def _load_transformer_lens_cache(tokenizer: Any, device: str, dtype: torch.dtype
     buffers = {name for name, _ in model.named_buffers()}
     if unexpected or set(missing) - buffers:
         return None
-    return model.to(device)
+    return model.to(device, print_details=False)
 
 
 def _load_from_hub(preset: ModelPreset, device: str, dtype: torch.dtype, progress: ProgressFn | None) -> Any:
@@ -362,20 +387,6 @@ def describe_hub_error(what: str, exc: BaseException) -> str:
         return f"{what} is not in the local Hugging Face cache and hub access is off (HF_HUB_OFFLINE=1)"
     first = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     return f"could not load {what} from the Hugging Face hub ({first})"
-
-
-@contextlib.contextmanager
-def _hub_offline() -> Iterator[None]:
-    """Keep TransformerLens from trying the hub for things it already has locally."""
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
 
 
 def _say(progress: ProgressFn | None, message: str) -> None:

@@ -97,6 +97,25 @@ def load_selections(
     return selections
 
 
+def check_selections_fit_model(lm: LoadedModel, selections: Sequence[LatentSelection], intervention: Intervention) -> None:
+    """Refuse SAEs that cannot be applied to this model: unknown hook, wrong width, or not an SAE (transcoders)."""
+    from .interventions import hook_name_for
+
+    d_model = int(lm.model.cfg.d_model)
+    for sel in selections:
+        cfg = sel.sae.sae.cfg
+        site = hook_name_for(sel, intervention.hook_site)
+        if site not in lm.model.hook_dict:
+            raise FeatureListError(f"SAE {sel.sae.ref} sits at {site}, which {lm.preset.model_id} does not have")
+        if "transcoder" in cfg.architecture():
+            raise FeatureListError(f"{sel.sae.ref} is a transcoder; only SAEs can be ablated in place")
+        if int(cfg.d_in) != d_model:
+            raise FeatureListError(
+                f"SAE {sel.sae.ref} reads {cfg.d_in}-dimensional activations but {lm.preset.model_id} has d_model "
+                f"{d_model}: it was trained on another model"
+            )
+
+
 def run_evaluation(
     config: EvaluationConfig,
     lm: LoadedModel | None = None,
@@ -109,17 +128,25 @@ def run_evaluation(
     hold the numbers; ``result["settings"]`` the configuration; ``result["details"]`` token counts and timings.
     """
     started = time.perf_counter()
+    intervention = config.intervention  # validates mode and value before anything slow happens
     fl = load_feature_list(config.forget_set)
     preset = preset_for_feature_list(fl, config.preset)
     if lm is None or lm.preset.model_id != preset.model_id:
         lm = load_model(preset, device=config.device, dtype=config.dtype, progress=status)
     selections = load_selections(fl, device=lm.device, dtype=lm.dtype, status=status)
-    conditions = build_conditions(config.conditions, selections, config.intervention, seed=config.seed)
+    check_selections_fit_model(lm, selections, intervention)
+    conditions = build_conditions(config.conditions, selections, intervention, seed=config.seed)
     text_sets = [load_texts(t, config.max_texts) for t in config.texts]
     probe_sets = [load_probes(p) for p in config.probes]
 
     out: dict[str, Any] = {"conditions": {}, "details": {}}
     for cond in conditions:
+        if cond.name == "reconstruction_only" and config.intervention.keeps_error_term and "baseline" in out["conditions"]:
+            # x + decode(f) - decode(f) = x: the hook returns the activation untouched, so this is the baseline
+            # exactly (tests/test_interventions.py proves it); no need to score everything again.
+            out["conditions"][cond.name] = out["conditions"]["baseline"]
+            out["details"][cond.name] = {"n_latents": 0, "identical_to": "baseline (error term kept)"}
+            continue
         hooks = cond.hooks()
         entry: dict[str, Any] = {"perplexity": {}, "probes": {}}
         detail: dict[str, Any] = {"n_latents": cond.n_latents, "perplexity": {}, "seconds": {}}
@@ -135,7 +162,7 @@ def run_evaluation(
         for ps in probe_sets:
             if status:
                 status(f"{cond.name}: probes {ps.name} ({len(ps)} items)")
-            pres = probe_scores(lm, ps, hooks, batch_tokens=config.batch_tokens,
+            pres = probe_scores(lm, ps, hooks, max_seq_len=min(config.max_seq_len, 256), batch_tokens=config.batch_tokens,
                                 progress=_stage(progress, f"{cond.name} / {ps.name}"))
             entry["probes"][ps.name] = {"top1": pres.top1, "mean_logprob": pres.mean_logprob, "n": pres.n}
         if cond.name == "random_control":
