@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .errors import InputError
-from .evaluation import DEFAULT_BATCH_TOKENS, ProgressCallback, batches_by_length
+from .evaluation import DEFAULT_BATCH_TOKENS, ProgressCallback, batches_by_length, right_padded
 from .interventions import Hook, intervened
 from .models import LoadedModel
 from .saes import layer_of_hook
@@ -58,23 +58,19 @@ def iter_activations(
     if any(n < 1 for n in lengths):
         raise InputError("empty token sequence")
     stop = stop_layer_for(hook_names)
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    first = 0 if include_bos else 1
     total = sum(lengths)
     done = 0
     for batch in batches_by_length(lengths, batch_tokens):
-        width = lengths[batch[0]]
-        tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        keep = torch.zeros(len(batch), width, dtype=torch.bool)
-        for row, i in enumerate(batch):
-            tokens[row, : lengths[i]] = torch.tensor(list(sequences[i]), dtype=torch.long)
-            keep[row, (0 if include_bos else 1) : lengths[i]] = True
+        tokens, position_grid, batch_lengths = right_padded(lm, sequences, batch)
+        keep = (position_grid >= first) & (position_grid < batch_lengths[:, None])
         captured: dict[str, torch.Tensor] = {}
         capture = _capture_hook(captured, keep)
         hooks = [*extra_hooks, *((name, capture) for name in hook_names)]
         with torch.inference_mode(), intervened(lm, hooks) as model:
             model(tokens.to(lm.device), stop_at_layer=stop)
         seq_index = torch.tensor(batch).repeat_interleave(keep.sum(dim=1))
-        positions = torch.arange(width).expand(len(batch), width)[keep]
+        positions = position_grid[keep]
         done += sum(lengths[i] for i in batch)
         if progress is not None:
             progress(done, total)

@@ -133,6 +133,20 @@ def batches_by_length(lengths: Sequence[int], batch_tokens: int) -> list[list[in
     return batches
 
 
+def right_padded(
+    lm: LoadedModel, sequences: Sequence[Sequence[int]], batch: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sequences[batch]`` right-padded into one [rows, longest] tensor, with each column's position and each
+    row's length (so masks are ``positions < lengths[:, None]`` and friends)."""
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    batch_lengths = torch.tensor([len(sequences[i]) for i in batch])
+    width = int(batch_lengths.max())
+    tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    for row, i in enumerate(batch):
+        tokens[row, : len(sequences[i])] = torch.tensor(list(sequences[i]), dtype=torch.long)
+    return tokens, torch.arange(width).expand(len(batch), width), batch_lengths
+
+
 def score_tokens(
     lm: LoadedModel,
     sequences: Sequence[Sequence[int]],
@@ -147,19 +161,13 @@ def score_tokens(
     total = sum(n - 1 for n in lengths)
     done = 0
     results: list[TokenScores | None] = [None] * len(sequences)
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     with torch.inference_mode(), intervened(lm, hooks) as model:
         for batch in batches_by_length(lengths, batch_tokens):
-            width = lengths[batch[0]]
-            tokens = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            for row, i in enumerate(batch):
-                tokens[row, : lengths[i]] = torch.tensor(sequences[i], dtype=torch.long)
+            tokens, positions, batch_lengths = right_padded(lm, sequences, batch)
             tokens = tokens.to(lm.device)
             resid = model(tokens, stop_at_layer=model.cfg.n_layers)
             # Positions 0..n-2 of each row predict tokens 1..n-1; gather them all into one flat list.
-            keep = torch.zeros(len(batch), width, dtype=torch.bool, device=resid.device)
-            for row, i in enumerate(batch):
-                keep[row, : lengths[i] - 1] = True
+            keep = (positions < (batch_lengths - 1)[:, None]).to(resid.device)
             targets = tokens[:, 1:][keep[:, :-1]]
             logp, hits = _final_logprobs(model, resid[keep], targets)
             offset = 0
