@@ -227,17 +227,30 @@ def build_cache_dashboards(
     rows = np.arange(cache.n_rows)
     corpus = cache.meta["corpus"]
     row_source, source_names = _row_sources(lm, cache, data_dir)
-    board = compute_dashboards(
-        loaded.sae,
-        cache.activations(loaded.hook_name),
-        np.asarray(cache.tokens()),
-        rows // span,
-        lm.model.W_U.detach(),
-        lambda t: lm.tokenizer.decode([t]),
-        f"SAE training corpus ({', '.join(f'{k} {v:,} tokens' for k, v in corpus['tokens_per_source'].items())})",
-        row_source=row_source,
-        source_names=source_names,
-    )
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = bars.setdefault(stage, tqdm(total=total, desc=f"dashboards: {stage}", leave=False))
+        bar.update(done - bar.n)
+
+    try:
+        board = compute_dashboards(
+            loaded.sae,
+            cache.activations(loaded.hook_name),
+            np.asarray(cache.tokens()),
+            rows // span,
+            lm.model.W_U.detach(),
+            lambda t: lm.tokenizer.decode([t]),
+            f"SAE training corpus ({', '.join(f'{k} {v:,} tokens' for k, v in corpus['tokens_per_source'].items())})",
+            progress,
+            row_source=row_source,
+            source_names=source_names,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
     path = folder / DASHBOARD_FILE
     board.save(path)
     return path

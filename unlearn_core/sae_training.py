@@ -69,10 +69,9 @@ class TrainingResult:
     warm_up_steps: int
 
 
-def _split_rows(cache: ActivationCache, cfg: SaeTrainingConfig) -> tuple[int, int]:
-    """(first held-out row, number of training rows): the last ``held_out_rows`` rows are never trained on."""
-    held = min(cfg.held_out_rows, cache.n_rows // 10)
-    return cache.n_rows - held, cache.n_rows - held
+def training_row_count(cache: ActivationCache, cfg: SaeTrainingConfig) -> int:
+    """Rows trained on: all but the last ``held_out_rows`` (at most a tenth of the cache), which stay unseen."""
+    return cache.n_rows - min(cfg.held_out_rows, cache.n_rows // 10)
 
 
 class CacheBatches(Iterator[torch.Tensor]):
@@ -102,8 +101,7 @@ class CacheBatches(Iterator[torch.Tensor]):
 
 def load_training_rows(cache: ActivationCache, hook_name: str, cfg: SaeTrainingConfig) -> torch.Tensor:
     """The training rows of one hook, in memory in the cache's 16-bit dtype (the held-out tail excluded)."""
-    _, n_train = _split_rows(cache, cfg)
-    return cache.activations(hook_name).tensor(n_train)
+    return cache.activations(hook_name).tensor(training_row_count(cache, cfg))
 
 
 def estimate_scaling_factor(acts: torch.Tensor, seed: int) -> float:
