@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .activations import iter_activations
+from .activations import collect_activations
 from .errors import InputError
 from .files import write_json_atomic
 from .models import LoadedModel
@@ -161,14 +161,11 @@ def build_activation_cache(
     token_file = np.memmap(path / TOKENS_FILE, dtype=np.int32, mode="r+", shape=(total_rows,))
     while done < len(windows):
         chunk = windows[done : done + batch_windows]
-        row0 = done * span
-        for batch in iter_activations(lm, chunk, hook_names, include_bos=False, batch_tokens=context * len(chunk)):
-            n = batch.tokens.numel()
-            order = torch.argsort(batch.sequence_index * context + batch.position)
-            for h in hook_names:
-                files[h][row0 : row0 + n] = _to_storage_bits(batch.acts[h][order], dtype)
-            token_file[row0 : row0 + n] = batch.tokens[order].numpy().astype(np.int32)
-            row0 += n
+        rows = slice(done * span, (done + len(chunk)) * span)
+        batch = collect_activations(lm, chunk, hook_names, include_bos=False, batch_tokens=context * len(chunk))
+        for h in hook_names:
+            files[h][rows] = _to_storage_bits(batch.acts[h], dtype)
+        token_file[rows] = batch.tokens.numpy().astype(np.int32)
         for f in (*files.values(), token_file):
             f.flush()
         done += len(chunk)

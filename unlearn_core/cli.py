@@ -237,20 +237,7 @@ def _sae_quality(args: argparse.Namespace) -> int:
     if not folders:
         raise InputError("no shipped SAEs found; give --saes FOLDER ...")
     lm = load_model("gemma-3-270m-offline", progress=_status)
-    if args.write:
-        rows = measure_and_record(lm, folders, args.quality_tokens, args.ce_tokens, _status)
-    else:
-        from .sae_quality import measure_quality
-        from .saes import load_sae
-        from .texts import load_texts
-
-        loaded = {str(f): load_sae(str(f)) for f in folders}
-        hooks = [s.hook_name for s in loaded.values()]
-        if len(set(hooks)) != len(hooks):
-            raise InputError("two of these SAEs are at the same hook; measure them in separate runs")
-        results = measure_quality(lm, {s.hook_name: s.sae for s in loaded.values()}, load_texts("wikitext2").texts,
-                                  max_tokens=args.quality_tokens, ce_max_tokens=args.ce_tokens)
-        rows = [{"name": Path(f).name, **results[s.hook_name].to_dict()} for f, s in loaded.items()]
+    rows = measure_and_record(lm, folders, args.quality_tokens, args.ce_tokens, _status, write=args.write)
     print(quality_table(rows))
     return 0
 

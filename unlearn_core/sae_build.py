@@ -170,9 +170,10 @@ def _activation_cache(lm: LoadedModel, config: SaeBuildConfig, status: Status) -
 
 
 def measure_and_record(
-    lm: LoadedModel, folders: Sequence[Path], quality_tokens: int, ce_tokens: int, status: Status = print
+    lm: LoadedModel, folders: Sequence[Path], quality_tokens: int, ce_tokens: int, status: Status = print,
+    write: bool = True,
 ) -> list[dict[str, Any]]:
-    """Measure each shipped SAE on held-out WikiText-2 test text; write quality.json and the card."""
+    """Measure each shipped SAE on held-out WikiText-2 test text; with ``write``, update quality.json and the card."""
     from .saes import load_sae
 
     loaded = {}
@@ -189,9 +190,10 @@ def measure_and_record(
                               max_tokens=quality_tokens, ce_max_tokens=ce_tokens)
     rows = []
     for hook_name, (folder, _) in loaded.items():
-        write_quality(folder, results[hook_name], BUILTIN_TEXTS[EVAL_TEXTS])
-        if (folder / TRAINING_FILE).exists():
-            write_card(folder)
+        if write:
+            write_quality(folder, results[hook_name], BUILTIN_TEXTS[EVAL_TEXTS])
+            if (folder / TRAINING_FILE).exists():
+                write_card(folder)
         rows.append({"name": folder.name, **results[hook_name].to_dict()})
     return rows
 
