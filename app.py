@@ -1,22 +1,17 @@
-"""Streamlit entry point (placeholder until the app issue): shows what the engine offers."""
+"""SAE unlearning workbench: `streamlit run app.py`.
+
+The pages live in `pages/`; each draws the shared sidebar (model, SAEs, intervention) through
+`app_support.shell.page_setup`. All model logic lives in `unlearn_core`.
+"""
+
+from __future__ import annotations
 
 import streamlit as st
 
-from unlearn_core.feature_lists import list_feature_lists
-from unlearn_core.presets import DEFAULT_PRESET, PRESETS, REPO_ROOT
-from unlearn_core.texts import BUILTIN_TEXTS
-
-st.set_page_config(page_title="SAE unlearning", layout="wide")
-st.title("Interpretable unlearning with sparse autoencoders")
-st.write(
-    "The engine (`unlearn_core`) and its CLI are ready; the Explore / Forget set / Compare pages are being built. "
-    "Meanwhile, evaluate a forget set from the command line: "
-    "`python -m unlearn_core evaluate --forget-set feature_lists/<file>.json`."
-)
-st.subheader("Model presets")
-st.table([{"preset": p.name + (" (default)" if p.name == DEFAULT_PRESET else ""), "model": p.model_id,
-           "description": p.description} for p in PRESETS.values()])
-st.subheader("Built-in text sets")
-st.table([{"name": k, "what": v} for k, v in BUILTIN_TEXTS.items()])
-st.subheader("Feature lists shipped")
-st.write([p.name for p in list_feature_lists(REPO_ROOT / "feature_lists")])
+st.set_page_config(page_title="SAE unlearning workbench", page_icon=":material/cleaning_services:", layout="wide")
+pages = [
+    st.Page("pages/explore.py", title="Explore", icon=":material/search:", default=True),
+    st.Page("pages/forget_set.py", title="Forget set", icon=":material/checklist:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+]
+st.navigation(pages).run()

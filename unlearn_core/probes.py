@@ -66,6 +66,18 @@ def load_probes(name_or_path: str, max_items: int | None = None) -> ProbeSet:
     return ProbeSet(name=name, probes=probes, source=str(path))
 
 
+def probes_from_bytes(data: bytes, name: str, max_items: int | None = None) -> ProbeSet:
+    """A probe set from an uploaded file's bytes (same formats as :func:`load_probes`); clear errors for binary,
+    non-UTF-8, malformed or empty files."""
+    from .texts import decode_text
+
+    text = decode_text(data, name)
+    probes = tuple(_to_probe(rec, i, name) for i, rec in enumerate(_parse_records(text, name)))
+    if not probes:
+        raise TextSourceError(f"{name} contains no probes")
+    return ProbeSet(name=Path(name).stem, probes=probes[:max_items] if max_items else probes, source=f"upload:{name}")
+
+
 def answer_continuation(prompt: str, answer: str) -> str:
     """The text scored after ``prompt``: the answer with one leading space unless the prompt ends in whitespace."""
     answer = answer.strip()
@@ -79,7 +91,9 @@ def _parse_records(text: str, source: str) -> list[Any]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TextSourceError(f"{source}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
-        return list(data)
+        if not isinstance(data, list):
+            raise TextSourceError(f"{source}: expected a JSON list of probes")
+        return data
     records = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -1,0 +1,35 @@
+"""Edits of the session's forget set that several pages share (ticking latents in Explore, bulk add, remove)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from unlearn_core.feature_lists import add_latents, check_model_matches, remove_latents
+from unlearn_core.presets import SaeFamily
+
+from . import state
+
+
+def sae_identity(family: SaeFamily, layer: int) -> dict[str, object]:
+    """How a layer's SAE is recorded in a feature list (reference, hook, layer, Neuronpedia id)."""
+    return {"sae": family.ref(layer), "hook_name": family.hook_name(layer), "layer": layer,
+            "neuronpedia": family.neuronpedia(layer)}
+
+
+def chosen_ids(family: SaeFamily, layer: int) -> set[int]:
+    fl = state.forget_set()
+    ref, hook = family.ref(layer), family.hook_name(layer)
+    return {lat.id for e in fl.saes if e.sae == ref and e.hook_name == hook for lat in e.latents}
+
+
+def apply_ticks(family: SaeFamily, layer: int, model_id: str, add: Iterable[int], remove: Iterable[int],
+                notes: Mapping[int, str] | None = None) -> tuple[list[int], list[int]]:
+    """Add and remove latents of one layer's SAE; refuses (FeatureListError) when the list is for another model."""
+    fl = state.forget_set()
+    check_model_matches(fl, model_id, "the current forget set")
+    ident = sae_identity(family, layer)
+    added = add_latents(fl, **ident, ids=add, notes=notes, width=family.width)  # type: ignore[arg-type]
+    removed = remove_latents(fl, sae=str(ident["sae"]), hook_name=str(ident["hook_name"]), ids=remove)
+    if added or removed:
+        state.bump_version()
+    return added, removed

@@ -1,0 +1,100 @@
+"""Process-wide resources shared by every app session: the model, SAEs, dashboards, the Neuronpedia client.
+
+``st.cache_resource`` returns one *slot* per key; the slow load happens outside the cached function (under the
+slot's lock), so it can report progress on the page that triggered it, and a failure is not cached: the next run
+tries again. Everything in here is read-only once loaded; interventions are scoped per call by ``unlearn_core``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import streamlit as st
+
+from unlearn_core.dashboards import Dashboards, find_dashboards
+from unlearn_core.models import LoadedModel, load_model
+from unlearn_core.neuronpedia import NeuronpediaClient, api_key_from
+from unlearn_core.saes import LoadedSae, load_sae
+
+T = TypeVar("T")
+
+
+@dataclass
+class Slot(Generic[T]):
+    """A value loaded once per process, under a lock so two sessions never load it twice."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    value: T | None = None
+
+    def get(self, load: Callable[[], T]) -> T:
+        if self.value is not None:
+            return self.value
+        with self.lock:
+            if self.value is None:
+                self.value = load()
+            return self.value
+
+
+@st.cache_resource(show_spinner=False)
+def _model_slot(preset: str, device: str, dtype: str) -> Slot[LoadedModel]:
+    return Slot()
+
+
+@st.cache_resource(show_spinner=False)
+def _sae_slot(ref: str, device: str, dtype: str) -> Slot[LoadedSae]:
+    return Slot()
+
+
+@st.cache_resource(show_spinner=False)
+def _dashboard_slot(ref: str) -> Slot[Any]:
+    return Slot()
+
+
+def model_is_loaded(preset: str, device: str, dtype: str) -> bool:
+    return _model_slot(preset, device, dtype).value is not None
+
+
+def get_model(preset: str, device: str, dtype: str, progress: Callable[[str], None] | None = None) -> LoadedModel:
+    """The shared model for these settings, loaded on first use (reporting progress through ``progress``)."""
+    return _model_slot(preset, device, dtype).get(lambda: load_model(preset, device=device, dtype=dtype, progress=progress))
+
+
+def get_sae(ref: str, device: str, dtype: str) -> LoadedSae:
+    return _sae_slot(ref, device, dtype).get(lambda: load_sae(ref, device=device, dtype=dtype))
+
+
+def get_dashboards(loaded: LoadedSae) -> Dashboards | None:
+    """Shipped or previously computed dashboards of an SAE, or None (computing them is an explicit user action)."""
+    slot = _dashboard_slot(loaded.ref)
+    if slot.value is not None:
+        return slot.value[0]
+    found = find_dashboards(loaded)
+    if found is not None:
+        slot.value = (found,)
+    return found
+
+
+def remember_dashboards(loaded: LoadedSae, boards: Dashboards) -> None:
+    _dashboard_slot(loaded.ref).value = (boards,)
+
+
+def _secrets() -> dict[str, Any]:
+    try:
+        return dict(st.secrets)
+    except Exception:  # no secrets.toml is the normal case; Streamlit raises on access then
+        return {}
+
+
+@st.cache_resource(show_spinner=False)
+def _neuronpedia_client(base_url: str | None, key_fingerprint: int) -> NeuronpediaClient:
+    return NeuronpediaClient(base_url=base_url, api_key=api_key_from(_secrets()))
+
+
+def neuronpedia_client() -> NeuronpediaClient:
+    """The shared client; a new one when the base URL or key changes (the key itself is never a cache key)."""
+    key = api_key_from(_secrets())
+    return _neuronpedia_client(os.environ.get("NEURONPEDIA_API_URL"), hash(key) if key else 0)

@@ -1,0 +1,147 @@
+"""Rendering helpers shared by the pages: highlighted tokens, latent dashboards, explanations."""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Iterable, Sequence
+
+import streamlit as st
+
+from unlearn_core.dashboards import LatentDashboard
+from unlearn_core.neuronpedia import Explanation
+from unlearn_core.saes import LoadedSae
+
+from .resources import get_dashboards, neuronpedia_client
+
+HIGHLIGHT_RGB = "234, 88, 12"
+NEURONPEDIA_RETRY_SECONDS = 60  # orange: readable on light and dark themes
+
+
+def _token_html(token: str) -> str:
+    shown = html.escape(token).replace("\n", "⏎").replace(" ", "&nbsp;") or "∅"
+    return shown
+
+
+def highlighted_tokens(tokens: Sequence[str], values: Sequence[float], scale: float | None = None,
+                       focus: int | None = None) -> str:
+    """Tokens as inline spans shaded by activation (relative to ``scale``, default the max); hover shows the value."""
+    top = scale if scale and scale > 0 else max([v for v in values if v > 0], default=1.0)
+    spans = []
+    for i, (tok, val) in enumerate(zip(tokens, values, strict=True)):
+        alpha = 0.0 if val <= 0 else min(1.0, 0.15 + 0.85 * val / top)
+        border = "border-bottom:2px solid #111;" if i == focus else ""
+        spans.append(
+            f'<span title="{val:.3g}" style="background:rgba({HIGHLIGHT_RGB},{alpha:.2f});padding:1px 0;'
+            f'border-radius:3px;{border}">{_token_html(tok)}</span>'
+        )
+    return '<div style="font-family:ui-monospace,monospace;font-size:0.85rem;line-height:1.9;">' + "".join(spans) + "</div>"
+
+
+def explanation_texts(loaded: LoadedSae, ids: Iterable[int]) -> dict[int, str]:
+    """One line per latent: Neuronpedia's explanation for SAEs it hosts, else the local dashboard's automatic label.
+
+    Never raises for network problems: a failed lookup reads "explanation unavailable (reason)".
+    """
+    ids = list(dict.fromkeys(int(i) for i in ids))
+    if not ids:
+        return {}
+    if loaded.neuronpedia:
+        # When Neuronpedia is unreachable, say so for a minute instead of waiting for it again on every rerun.
+        down = st.session_state.get("_neuronpedia_down")
+        if down and time.monotonic() < down[0]:
+            return {i: f"explanation unavailable ({down[1]}; retried in a minute)" for i in ids}
+        found = neuronpedia_client().explanations(loaded.neuronpedia, ids)
+        outage = next((e.error for e in found.values() if e.error and ("unreachable" in e.error or "timed out" in e.error)),
+                      None)
+        if outage:
+            st.session_state["_neuronpedia_down"] = (time.monotonic() + NEURONPEDIA_RETRY_SECONDS, outage)
+        return {i: found[i].text() for i in ids}
+    boards = get_dashboards(loaded)
+    if boards is None:
+        return {i: "no local dashboard yet (compute it on the latent's detail panel)" for i in ids}
+    return {i: boards.latent(i).auto_label for i in ids}
+
+
+def neuronpedia_explanation(loaded: LoadedSae, latent: int) -> Explanation | None:
+    if not loaded.neuronpedia:
+        return None
+    return neuronpedia_client().explanation(loaded.neuronpedia, latent)
+
+
+def dashboard_panel(board: LatentDashboard, max_contexts: int = 6) -> None:
+    """A local dashboard: frequency, max activation, top contexts (highlighted) and promoted/suppressed tokens."""
+    cols = st.columns(3)
+    cols[0].metric("firing frequency", f"{board.frequency:.3%}")
+    cols[1].metric("max activation", f"{board.max_activation:.3g}")
+    cols[2].metric("corpus tokens", f"{board.n_tokens:,}")
+    if board.frequency_by_source:
+        st.caption("frequency by corpus part: " + " · ".join(
+            f"{name} {freq:.3%}" for name, freq in board.frequency_by_source.items()))
+    if board.is_dead:
+        st.info("This latent never fired on the dashboard corpus.")
+        return
+    st.markdown("**Top activating contexts**")
+    scale = max((c.value for c in board.contexts), default=1.0)
+    for ctx in board.contexts[:max_contexts]:
+        st.html(highlighted_tokens(ctx.tokens, ctx.values, scale=scale, focus=ctx.focus))
+    left, right = st.columns(2)
+    left.markdown("**Promoted tokens** (W_dec · W_U)")
+    left.html(_chips(board.promoted, "#15803d"))
+    right.markdown("**Suppressed tokens**")
+    right.html(_chips(board.suppressed, "#b91c1c"))
+    st.caption(f"Dashboard corpus: {board.corpus}. {board.auto_label} (automatic label, not a human explanation).")
+
+
+def _chips(pairs: Sequence[tuple[str, float]], color: str) -> str:
+    chips = [
+        f'<span style="display:inline-block;margin:2px;padding:1px 6px;border:1px solid {color};border-radius:10px;'
+        f'font-family:ui-monospace,monospace;font-size:0.8rem;" title="{value:+.3g}">{_token_html(tok.strip() or tok)}</span>'
+        for tok, value in pairs
+    ]
+    return "<div>" + "".join(chips) + "</div>"
+
+
+def explanation_panel(loaded: LoadedSae, latent: int) -> None:
+    """Neuronpedia's explanation (for hosted SAEs) and the local dashboard when one exists."""
+    exp = neuronpedia_explanation(loaded, latent)
+    if exp is not None:
+        if exp.ok:
+            st.markdown(f"**Neuronpedia:** {html.escape(exp.text())}")
+            extra = []
+            if exp.frac_nonzero is not None:
+                extra.append(f"density {exp.frac_nonzero:.3%}")
+            if exp.max_activation is not None:
+                extra.append(f"max activation ≈ {exp.max_activation:.3g}")
+            st.caption(" · ".join(extra + [f"[open on Neuronpedia]({exp.url})"]))
+        else:
+            st.warning(f"Neuronpedia: {exp.text()}")
+    boards = get_dashboards(loaded)
+    if boards is not None:
+        dashboard_panel(boards.latent(latent))
+    elif exp is None or not exp.ok:
+        st.info(
+            "No local dashboard for this SAE yet. Computing one runs the model over ~40k tokens of built-in text "
+            "(a few minutes on a CPU) and is cached for next time."
+        )
+        if st.button("Compute local dashboards", key=f"compute_board_{loaded.ref}"):
+            _compute_dashboards(loaded)
+
+
+def _compute_dashboards(loaded: LoadedSae) -> None:
+    from unlearn_core.dashboards import dashboards_for
+
+    from .resources import remember_dashboards
+    from .state import workspace
+
+    ws = workspace()
+    if ws.lm is None:
+        st.error("Load a model first.")
+        return
+    bar = st.progress(0.0, text="Computing dashboards…")
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{stage}: {done:,}/{total:,}")
+
+    remember_dashboards(loaded, dashboards_for(ws.lm, loaded, progress=progress))
+    st.rerun()

@@ -1,0 +1,351 @@
+"""Compare: baseline vs the forget set's ablation and controls - perplexity, knowledge probes, generations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from app_support import shell, state
+from app_support.resources import get_sae
+from unlearn_core.compare import (
+    BASELINE,
+    CONTROLS,
+    DEFAULT_COMPARE_SEQ_LEN,
+    DEFAULT_COMPARE_TEXTS,
+    DEFAULT_NEW_TOKENS,
+    comparison_conditions,
+    condition_key,
+    generation_cell,
+    generation_key,
+    perplexity_cell,
+    probe_cell,
+    probe_set_key,
+    same_as_baseline,
+    text_set_key,
+)
+from unlearn_core.errors import UnlearnError
+from unlearn_core.explore import split_prompts, study_prompts
+from unlearn_core.feature_lists import check_latents_fit
+from unlearn_core.interventions import LatentSelection
+from unlearn_core.pipeline import check_selections_fit_model
+from unlearn_core.probes import BUILTIN_PROBES, ProbeSet, load_probes, probes_from_bytes
+from unlearn_core.texts import BUILTIN_TEXTS, TextSet, decode_text, load_texts, split_paragraphs
+
+ws = shell.page_setup(needs_model=True)
+fl = state.forget_set(ws.preset.model_id)
+st.title("Compare")
+st.caption(f"Baseline vs **{fl.name}** ({fl.total_latents} latents) — {ws.intervention.describe()}. "
+           "Results are cached: switching pages or re-running reuses every number already computed.")
+if ws.error:
+    st.error(ws.error)
+    st.stop()
+if ws.lm is None:
+    st.stop()
+lm = ws.lm
+if fl.model != ws.preset.model_id:
+    st.warning(f"The forget set is for {fl.model}, but the model is {ws.preset.model_id}. Open a list for this model.")
+    st.stop()
+
+try:
+    selections = []
+    for entry in fl.saes:
+        loaded = get_sae(entry.sae, ws.device, ws.dtype)
+        check_latents_fit(entry, loaded.width, source=fl.name)
+        selections.append(LatentSelection(loaded, tuple(entry.latent_ids)))
+    check_selections_fit_model(lm, selections, ws.intervention)
+except UnlearnError as exc:
+    st.error(str(exc))
+    st.stop()
+if not any(s.latents for s in selections):
+    st.info("The forget set is empty, so only the baseline can run. Tick latents on the Explore page first.")
+
+all_conditions = comparison_conditions(selections, ws.intervention, seed=int(st.session_state.get("compare_seed", 0)))
+names = [c.name for c in all_conditions]
+previous = st.session_state.get("compare_conditions")
+if not isinstance(previous, list) or not set(previous) <= set(names):
+    st.session_state["compare_conditions"] = names
+chosen_names = st.multiselect("Conditions", names, key="compare_conditions",
+                              help="Controls: " + ", ".join(CONTROLS) + ". Reconstruction only equals the baseline when "
+                                   "the error term is kept.")
+conditions = [c for c in all_conditions if c.name in chosen_names]
+if BASELINE not in chosen_names:
+    conditions.insert(0, all_conditions[0])  # ratios need it
+cells: dict[str, dict] = st.session_state.setdefault("_cells", {})
+
+
+def cell_key(kind: str, cond, data_key: str) -> str:
+    return f"{kind}|{condition_key(lm, cond)}|{data_key}"
+
+
+def stop_button(key: str) -> None:
+    """Clicking it reruns the page, which interrupts the running loop between batches; finished cells are kept."""
+    st.button("Stop", key=key, icon=":material/stop:", help="Stops after the current batch; results so far are kept.")
+
+
+# ------------------------------------------------------------------------------------------------ perplexity
+st.header("Perplexity")
+c1, c2, c3 = st.columns([3, 1, 1])
+st.session_state.setdefault("compare_texts", ["wikitext2", "wikitext2-clean", "hp-fanwiki"])
+text_names = c1.multiselect("Built-in texts", list(BUILTIN_TEXTS), key="compare_texts",
+                            help="\n".join(f"- **{k}**: {v}" for k, v in BUILTIN_TEXTS.items()))
+st.session_state.setdefault("compare_max_texts", DEFAULT_COMPARE_TEXTS)
+max_texts = c2.number_input("Texts per set", 1, 5000, key="compare_max_texts")
+st.session_state.setdefault("compare_seq_len", DEFAULT_COMPARE_SEQ_LEN)
+seq_len = c3.number_input("Tokens per text", 16, 2048, step=64, key="compare_seq_len")
+uploads = st.file_uploader("Your own texts (.txt, paragraphs separated by blank lines), e.g. a book you own",
+                           type=["txt", "md"], accept_multiple_files=True, key="compare_uploads")
+text_sets: list[TextSet] = [load_texts(n, int(max_texts)) for n in text_names]
+for up in uploads or []:
+    try:
+        paragraphs = split_paragraphs(decode_text(up.getvalue(), up.name))
+        if not paragraphs:
+            raise UnlearnError(f"{up.name} contains no text")
+    except UnlearnError as exc:
+        st.error(f"{exc}. It is left out.")
+        continue
+    text_sets.append(TextSet(name=Path(up.name).stem, texts=tuple(paragraphs[: int(max_texts)]), source=f"upload:{up.name}"))
+
+
+ABLATED_COLORS = ["#c2410c", "#ea580c", "#f97316", "#fb923c", "#fdba74", "#9a3412"]
+
+
+def condition_colors() -> dict[str, str]:
+    """Baseline grey, controls blue, ablations in oranges: the same colours in every chart."""
+    colors = {BASELINE: "#6b7280", "reconstruction only": "#93c5fd", "random control": "#2563eb"}
+    ablated = [c.name for c in all_conditions if c.name not in colors]
+    colors.update({name: ABLATED_COLORS[i % len(ABLATED_COLORS)] for i, name in enumerate(ablated)})
+    return colors
+
+
+def perplexity_rows() -> list[dict]:
+    rows = []
+    for ts in text_sets:
+        tkey = text_set_key(ts, int(seq_len))
+        base = cells.get(cell_key("ppl", conditions[0], tkey))
+        for cond in conditions:
+            got = cells.get(cell_key("ppl", cond, tkey))
+            if got is None:
+                continue
+            ratio = got["value"] / base["value"] if base and base["complete"] else None
+            rows.append({"condition": cond.name, "metric": "perplexity", "dataset": ts.name, "value": got["value"],
+                         "ratio_to_baseline": ratio, "n": got["n"], "complete": got["complete"]})
+    return rows
+
+
+chart_slot = st.empty()
+
+
+def draw_perplexity() -> None:
+    rows = perplexity_rows()
+    if not rows:
+        chart_slot.info("Press **Run perplexity** to score the chosen texts under each condition.")
+        return
+    df = pd.DataFrame(rows)
+    df["label"] = [(f"×{r:.2f}" if r and c != BASELINE else f"{v:.1f}") + ("" if done else " …")
+                   for v, r, c, done in zip(df["value"], df["ratio_to_baseline"], df["condition"], df["complete"], strict=True)]
+    fig = px.bar(df, x="dataset", y="value", color="condition", barmode="group", text="label",
+                 labels={"value": "perplexity", "dataset": ""}, title="Perplexity by text set (lower is better)",
+                 color_discrete_map=condition_colors())
+    fig.update_traces(textposition="outside", textangle=0, textfont_size=11, cliponaxis=False)
+    fig.update_layout(legend_title_text="", height=440, margin={"t": 60, "b": 10}, uniformtext_minsize=9,
+                      uniformtext_mode="hide")
+    chart_slot.plotly_chart(fig, width="stretch", key=f"ppl_chart_{len(rows)}_{sum(r['complete'] for r in rows)}",
+                            config={"toImageButtonOptions": {"format": "png", "filename": "perplexity", "scale": 2}})
+
+
+def ppl_progress() -> tuple[int, int]:
+    keys = {cell_key("ppl", c, text_set_key(ts, int(seq_len))) for ts in text_sets for c in conditions}
+    return sum(1 for k in keys if cells.get(k, {}).get("complete")), len(keys)
+
+
+draw_perplexity()
+if perplexity_rows():
+    with st.expander("Perplexity table"):
+        st.dataframe(pd.DataFrame(perplexity_rows()).drop(columns=["metric"]), hide_index=True, width="stretch")
+done, total = ppl_progress()
+st.caption(f"{done} of {total} perplexity results computed" + (" — Run computes the rest." if done < total else "."))
+run_col, stop_col = st.columns([1, 5])
+if run_col.button("Run perplexity", icon=":material/play_arrow:", type="primary", disabled=not text_sets):
+    with stop_col:
+        stop_button("stop_ppl")
+    todo = [(ts, cond) for ts in text_sets for cond in conditions]
+    bar = st.progress(0.0, text="Starting…")
+    for n_done, (ts, cond) in enumerate(todo):
+        tkey = text_set_key(ts, int(seq_len))
+        key = cell_key("ppl", cond, tkey)
+        if cells.get(key, {}).get("complete"):
+            continue
+        bar.progress(n_done / len(todo), text=f"{cond.name} on {ts.name}…")
+        try:
+            for partial in perplexity_cell(lm, cond, ts, max_seq_len=int(seq_len), batch_tokens=1024):
+                cells[key] = {"value": partial.perplexity, "n": partial.n_tokens, "complete": False}
+                draw_perplexity()
+        except UnlearnError as exc:
+            st.error(f"{ts.name}: {exc}")
+            break
+        cells[key]["complete"] = True
+        draw_perplexity()
+    bar.progress(1.0, text="Done.")
+    st.rerun()
+
+# ------------------------------------------------------------------------------------------------ probes
+st.header("Knowledge probes")
+c1, c2 = st.columns([3, 1])
+probe_names = c1.multiselect("Built-in probe sets", list(BUILTIN_PROBES), key="compare_probes",
+                             help="MUSE KnowMem forget QA (Harry Potter events), MUSE retain QA (HP wiki), NQ-open (general).")
+st.session_state.setdefault("compare_probe_items", 50)
+max_items = c2.number_input("Items per set", 5, 2000, key="compare_probe_items")
+probe_uploads = st.file_uploader("Your own probe files: cloze {\"prompt\",\"answer\"} or QA {\"question\",\"answer\"}, "
+                                 "JSON list or JSONL", type=["json", "jsonl"], accept_multiple_files=True, key="probe_uploads")
+probe_sets: list[ProbeSet] = [load_probes(n, int(max_items)) for n in probe_names]
+for up in probe_uploads or []:
+    try:
+        probe_sets.append(probes_from_bytes(up.getvalue(), up.name, int(max_items)))
+    except UnlearnError as exc:
+        st.error(f"{exc}. It is left out.")
+
+
+def probe_rows() -> list[dict]:
+    rows = []
+    for ps in probe_sets:
+        pkey = probe_set_key(ps)
+        base = cells.get(cell_key("probe", conditions[0], pkey))
+        for cond in conditions:
+            got = cells.get(cell_key("probe", cond, pkey))
+            if got is None:
+                continue
+            for metric in ("top1", "mean_logprob"):
+                ratio = got[metric] / base[metric] if base and base[metric] else None
+                rows.append({"condition": cond.name, "metric": f"probe {metric}", "dataset": ps.name,
+                             "value": got[metric], "ratio_to_baseline": ratio, "n": got["n"], "complete": True})
+    return rows
+
+
+probe_slot = st.empty()
+
+
+def draw_probes() -> None:
+    rows = [r for r in probe_rows() if r["metric"] == "probe top1"]
+    if not rows:
+        probe_slot.info("Choose or upload probe sets, then **Run probes**.")
+        return
+    fig = px.bar(pd.DataFrame(rows), x="dataset", y="value", color="condition", barmode="group", text_auto=".2f",
+                 labels={"value": "top-1 accuracy", "dataset": ""}, title="Knowledge probes: first answer token is the argmax",
+                 color_discrete_map=condition_colors())
+    fig.update_layout(legend_title_text="", height=380, margin={"t": 50, "b": 10}, yaxis_range=[0, 1])
+    probe_slot.plotly_chart(fig, width="stretch", key=f"probe_chart_{len(rows)}",
+                            config={"toImageButtonOptions": {"format": "png", "filename": "probes", "scale": 2}})
+
+
+draw_probes()
+run_col, stop_col = st.columns([1, 5])
+if run_col.button("Run probes", icon=":material/play_arrow:", disabled=not probe_sets):
+    with stop_col:
+        stop_button("stop_probes")
+    todo = [(ps, cond) for ps in probe_sets for cond in conditions]
+    bar = st.progress(0.0)
+    for n_done, (ps, cond) in enumerate(todo):
+        key = cell_key("probe", cond, probe_set_key(ps))
+        if key in cells:
+            continue
+        bar.progress(n_done / len(todo), text=f"{cond.name} on {ps.name}…")
+        try:
+            res = probe_cell(lm, cond, ps)
+        except UnlearnError as exc:
+            st.error(f"{ps.name}: {exc}")
+            break
+        cells[key] = {"top1": res.top1, "mean_logprob": res.mean_logprob, "n": res.n}
+        draw_probes()
+    st.rerun()
+
+# ------------------------------------------------------------------------------------------------ generations
+st.header("Generations")
+st.session_state.setdefault("compare_prompts", "\n".join(study_prompts()))
+prompts_text = st.text_area("Prompts, one per line (default: the study's 4 Harry Potter + 3 unrelated prompts)",
+                            key="compare_prompts", height=150)
+c1, c2, c3 = st.columns(3)
+st.session_state.setdefault("compare_new_tokens", DEFAULT_NEW_TOKENS)
+new_tokens = int(c1.number_input("New tokens", 1, 256, key="compare_new_tokens"))
+st.session_state.setdefault("compare_temperature", 0.0)
+temperature = float(c2.number_input("Temperature (0 = greedy)", 0.0, 2.0, step=0.1, key="compare_temperature"))
+st.session_state.setdefault("compare_seed", 0)
+seed = int(c3.number_input("Seed (sampling, random control)", 0, 2**31 - 1, key="compare_seed"))
+prompts = split_prompts(prompts_text)
+
+
+def generation_rows() -> list[dict]:
+    rows = []
+    for prompt in prompts:
+        gkey = generation_key(prompt, new_tokens, temperature, seed)
+        for cond in conditions:
+            got = cells.get(cell_key("gen", cond, gkey))
+            if got is not None:
+                rows.append({"prompt": prompt, "condition": cond.name, "generation": got["text"]})
+    return rows
+
+
+gen_slot = st.container()
+
+
+def draw_generations() -> None:
+    rows = generation_rows()
+    if not rows:
+        gen_slot.info("Press **Run generations** to continue each prompt under each condition.")
+        return
+    by_prompt: dict[str, dict[str, str]] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt"], {})[r["condition"]] = r["generation"]
+    for prompt, outs in by_prompt.items():
+        gen_slot.markdown(f"**{prompt}**")
+        cols = gen_slot.columns(len(conditions))
+        for col, cond in zip(cols, conditions, strict=True):
+            col.caption(cond.name)
+            col.write(outs.get(cond.name, "…"))
+
+
+gen_total = len({(p, condition_key(lm, c)) for p in prompts for c in conditions})
+gen_done = len({(r["prompt"], condition_key(lm, c)) for r in generation_rows() for c in conditions if c.name == r["condition"]})
+st.caption(f"{gen_done} of {gen_total} generations computed" + (" — Run computes the rest." if gen_done < gen_total else "."))
+run_col, stop_col = st.columns([1, 5])
+if run_col.button("Run generations", icon=":material/play_arrow:", disabled=not prompts):
+    with stop_col:
+        stop_button("stop_gen")
+    todo = [(p, c) for p in prompts for c in conditions]
+    bar = st.progress(0.0)
+    for n_done, (prompt, cond) in enumerate(todo):
+        key = cell_key("gen", cond, generation_key(prompt, new_tokens, temperature, seed))
+        if key in cells:
+            continue
+        bar.progress(n_done / len(todo), text=f"{cond.name}: {prompt[:50]}…")
+        try:
+            cells[key] = {"text": generation_cell(lm, cond, prompt, new_tokens, temperature, seed)}
+        except UnlearnError as exc:
+            st.error(str(exc))
+            break
+    st.rerun()
+draw_generations()
+
+# ------------------------------------------------------------------------------------------------ downloads
+st.header("Download")
+numbers = perplexity_rows() + probe_rows()
+settings = {
+    "model": ws.preset.model_id, "preset": ws.preset.name, "device": ws.device, "dtype": ws.dtype,
+    "forget_set": json.loads(json.dumps(fl.to_dict())), "intervention": ws.intervention.describe(),
+    "texts_per_set": int(max_texts), "tokens_per_text": int(seq_len), "probe_items": int(max_items),
+    "new_tokens": new_tokens, "temperature": temperature, "seed": seed,
+    "conditions": {c.name: {"n_latents": c.n_latents, "same_as_baseline": same_as_baseline(c),
+                            "latents": {s.sae.ref: list(s.latents) for s in c.selections}} for c in conditions},
+}
+c1, c2, c3 = st.columns(3)
+c1.download_button("Numbers (CSV)", pd.DataFrame(numbers).to_csv(index=False).encode(), "compare_numbers.csv",
+                   "text/csv", disabled=not numbers)
+c2.download_button("Everything (JSON)", json.dumps({"settings": settings, "numbers": numbers,
+                                                    "generations": generation_rows()}, indent=1).encode(),
+                   "compare_results.json", "application/json", disabled=not (numbers or generation_rows()))
+c3.download_button("Generations (CSV)", pd.DataFrame(generation_rows()).to_csv(index=False).encode(),
+                   "compare_generations.csv", "text/csv", disabled=not generation_rows())
+st.caption("Charts download as PNG from the camera icon in their top-right toolbar.")

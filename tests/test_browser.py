@@ -1,0 +1,158 @@
+"""End to end in a real browser: `streamlit run app.py` served on loopback, driven by headless Debian Chromium
+(Playwright, with the system browser) through explore -> tick latents -> save -> compare. Screenshots of every page
+go to ``$UNLEARN_ARTIFACTS_DIR`` (default ``artifacts/screenshots``) for CI to keep and for people to look at.
+
+Skipped when Chromium or Playwright is missing, unless ``UNLEARN_REQUIRE_BROWSER=1`` (CI sets it): then it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from unlearn_core.feature_lists import load_feature_list
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("UNLEARN_CHROMIUM", "/usr/bin/chromium")
+SHOTS = Path(os.environ.get("UNLEARN_ARTIFACTS_DIR", REPO / "artifacts" / "screenshots"))
+pytestmark = pytest.mark.integration
+
+
+def _need_browser() -> None:
+    missing = []
+    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+        missing.append(f"Chromium ({CHROMIUM}; Debian package 'chromium')")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright Python package")
+    if missing:
+        if os.environ.get("UNLEARN_REQUIRE_BROWSER") == "1":
+            pytest.fail("browser test required but missing: " + ", ".join(missing))
+        pytest.skip("missing " + ", ".join(missing))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    _need_browser()
+    port = _free_port()
+    env = {**os.environ, "UNLEARN_FEATURE_LISTS_DIR": str(tmp_path)}
+    log = (tmp_path / "streamlit.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless=true",
+         f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text()[-2000:])
+    yield url, tmp_path
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _idle(page, timeout: float = 300_000) -> None:
+    """Wait until Streamlit has finished running the script (its 'running' indicator is gone)."""
+    page.wait_for_timeout(400)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout, polling=250
+    )
+    page.wait_for_timeout(300)
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(1500)  # let lazily drawn parts (tables, charts) finish painting
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _visible_button(page, name: str):
+    return page.get_by_role("button", name=name).locator("visible=true").first
+
+
+def test_explore_tick_save_compare_in_chromium(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, list_dir = server
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page(viewport={"width": 1440, "height": 1800})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+
+        # Explore opens by default on the offline model
+        expect(page.get_by_text("Where a latent fires").first).to_be_visible(timeout=300_000)
+        _idle(page)
+        expect(page.get_by_role("tab", name="Layer 12")).to_be_visible()
+        _shot(page, "1_explore")
+        _visible_button(page, "Tick all shown").click()
+        _idle(page)
+        expect(page.get_by_text("added [").first).to_be_visible()
+        expect(page.get_by_text("20 latents").first).to_be_visible()
+
+        # Forget set: save it
+        page.get_by_role("link", name="Forget set").click()
+        _idle(page)
+        expect(page.get_by_text("unsaved changes").first).to_be_visible()
+        name_box = page.get_by_label("File name")
+        name_box.fill("browser_list.json")
+        name_box.press("Enter")
+        _idle(page)
+        _shot(page, "2_forget_set")
+        _visible_button(page, "Save as").click()
+        _idle(page)
+        expect(page.get_by_text("Saved browser_list.json").first).to_be_visible()
+        saved = load_feature_list(list_dir / "browser_list.json")
+        assert saved.total_latents == 20
+
+        # Compare: a small perplexity run and generations
+        page.get_by_role("link", name="Compare").click()
+        _idle(page)
+        for label, value in (("Texts per set", "3"), ("Tokens per text", "64"), ("New tokens", "8")):
+            box = page.get_by_label(label)
+            box.fill(value)
+            box.press("Enter")
+            _idle(page)
+        _visible_button(page, "Run perplexity").click()
+        expect(page.get_by_text(re.compile(r"^(\d+) of \1 perplexity results computed"))).to_be_visible(timeout=600_000)
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        _idle(page)
+        _visible_button(page, "Run generations").click()
+        expect(page.get_by_text(re.compile(r"^(\d+) of \1 generations computed"))).to_be_visible(timeout=600_000)
+        _idle(page)
+        expect(page.get_by_text("ablated: layer 5").first).to_be_visible()
+        _shot(page, "3_compare")
+        browser.close()
+    assert not errors, errors
