@@ -7,6 +7,7 @@ tries again. Everything in here is read-only once loaded; interventions are scop
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from unlearn_core.neuronpedia import NeuronpediaClient, api_key_from
 from unlearn_core.saes import LoadedSae, load_sae
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,7 +74,11 @@ def get_dashboards(loaded: LoadedSae) -> Dashboards | None:
     slot = _dashboard_slot(loaded.ref)
     if slot.value is not None:
         return slot.value[0]
-    found = find_dashboards(loaded)
+    try:
+        found = find_dashboards(loaded)
+    except Exception as exc:  # noqa: BLE001 - a broken cache file must not take the page down; it only costs the dashboard
+        log.warning("dashboards of %s unavailable: %s", loaded.ref, exc)
+        return None
     if found is not None:
         slot.value = (found,)
     return found

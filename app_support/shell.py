@@ -90,7 +90,16 @@ def load_workspace(ws: state.Workspace) -> None:
     try:
         if first:
             with st.status(f"Loading {ws.preset.model_id} ({ws.preset.name})…", expanded=True) as status:
-                ws.lm = get_model(ws.preset.name, ws.device, ws.dtype, progress=status.write)
+
+                def report(message: str) -> None:
+                    # A click during the load makes Streamlit raise here to restart the script; finishing the
+                    # load first matters more (it would otherwise start over), so the interruption waits.
+                    try:
+                        status.write(message)
+                    except Exception:  # noqa: BLE001
+                        pass
+
+                ws.lm = get_model(ws.preset.name, ws.device, ws.dtype, progress=report)
                 status.update(label=f"{ws.preset.model_id} loaded", state="complete", expanded=False)
         else:
             ws.lm = get_model(ws.preset.name, ws.device, ws.dtype)
@@ -99,6 +108,8 @@ def load_workspace(ws: state.Workspace) -> None:
             ws.saes = [get_sae(family.ref(layer), ws.device, ws.dtype) for layer in ws.layers]
     except UnlearnError as exc:
         ws.error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - anything else while loading is shown, not a traceback
+        ws.error = f"loading {ws.preset.model_id} failed: {type(exc).__name__}: {exc}"
 
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 import streamlit as st
 
 from unlearn_core.dashboards import LatentDashboard
+from unlearn_core.errors import UnlearnError
 from unlearn_core.neuronpedia import Explanation
 from unlearn_core.saes import LoadedSae
 
@@ -47,15 +48,9 @@ def explanation_texts(loaded: LoadedSae, ids: Iterable[int]) -> dict[int, str]:
     if not ids:
         return {}
     if loaded.neuronpedia:
-        # When Neuronpedia is unreachable, say so for a minute instead of waiting for it again on every rerun.
-        down = st.session_state.get("_neuronpedia_down")
-        if down and time.monotonic() < down[0]:
-            return {i: f"explanation unavailable ({down[1]}; retried in a minute)" for i in ids}
-        found = neuronpedia_client().explanations(loaded.neuronpedia, ids)
-        outage = next((e.error for e in found.values() if e.error and ("unreachable" in e.error or "timed out" in e.error)),
-                      None)
-        if outage:
-            st.session_state["_neuronpedia_down"] = (time.monotonic() + NEURONPEDIA_RETRY_SECONDS, outage)
+        found = _fetch_explanations(loaded.neuronpedia, ids)
+        if isinstance(found, str):
+            return {i: f"explanation unavailable ({found})" for i in ids}
         return {i: found[i].text() for i in ids}
     boards = get_dashboards(loaded)
     if boards is None:
@@ -63,10 +58,34 @@ def explanation_texts(loaded: LoadedSae, ids: Iterable[int]) -> dict[int, str]:
     return {i: boards.latent(i).auto_label for i in ids}
 
 
+def _fetch_explanations(neuronpedia_id: str, ids: list[int]) -> dict[int, Explanation] | str:
+    """Explanations from the shared client, or the reason none can be fetched now.
+
+    When Neuronpedia is unreachable or timing out, the session remembers it for a minute instead of waiting for it
+    again on every rerun; a bad ``NEURONPEDIA_API_URL`` is reported, not raised.
+    """
+    down = st.session_state.get("_neuronpedia_down")
+    if down and time.monotonic() < down[0]:
+        return f"{down[1]}; retried in a minute"
+    try:
+        found = neuronpedia_client().explanations(neuronpedia_id, ids)
+    except UnlearnError as exc:
+        return str(exc)
+    outage = next((e.error for e in found.values() if e.error and ("unreachable" in e.error or "timed out" in e.error)),
+                  None)
+    if outage:
+        st.session_state["_neuronpedia_down"] = (time.monotonic() + NEURONPEDIA_RETRY_SECONDS, outage)
+    return found
+
+
 def neuronpedia_explanation(loaded: LoadedSae, latent: int) -> Explanation | None:
+    """Neuronpedia's explanation of one latent (an Explanation carrying the error when it cannot be fetched)."""
     if not loaded.neuronpedia:
         return None
-    return neuronpedia_client().explanation(loaded.neuronpedia, latent)
+    found = _fetch_explanations(loaded.neuronpedia, [latent])
+    if isinstance(found, str):
+        return Explanation(loaded.neuronpedia, latent, None, None, None, error=found)
+    return found[latent]
 
 
 def dashboard_panel(board: LatentDashboard, max_contexts: int = 6) -> None:

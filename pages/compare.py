@@ -185,7 +185,7 @@ if run_col.button("Run perplexity", icon=":material/play_arrow:", type="primary"
                 cells[key] = {"value": partial.perplexity, "n": partial.n_tokens, "complete": False}
                 draw_perplexity()
         except UnlearnError as exc:
-            st.error(f"{ts.name}: {exc}")
+            state.flash(f"{ts.name}: {exc}", "error")  # shown after the rerun below
             break
         cells[key]["complete"] = True
         draw_perplexity()
@@ -256,7 +256,7 @@ if run_col.button("Run probes", icon=":material/play_arrow:", disabled=not probe
         try:
             res = probe_cell(lm, cond, ps)
         except UnlearnError as exc:
-            st.error(f"{ps.name}: {exc}")
+            state.flash(f"{ps.name}: {exc}", "error")
             break
         cells[key] = {"top1": res.top1, "mean_logprob": res.mean_logprob, "n": res.n}
         draw_probes()
@@ -324,7 +324,7 @@ if run_col.button("Run generations", icon=":material/play_arrow:", disabled=not 
         try:
             cells[key] = {"text": generation_cell(lm, cond, prompt, new_tokens, temperature, seed)}
         except UnlearnError as exc:
-            st.error(str(exc))
+            state.flash(str(exc), "error")
             break
     st.rerun()
 draw_generations()

@@ -28,6 +28,8 @@ from unlearn_core.feature_lists import (
 from unlearn_core.presets import presets_for_model_id
 
 DIR = state.feature_list_dir()
+MAX_EXPLANATIONS = 500
+"""Per SAE, explanations looked up for the table (a list of thousands must not fire thousands of requests)."""
 PROTECTED_PREFIXES = ("reference_", "example_")
 """Lists shipped with the repository: Save never writes over them (Save as does, only to a new name)."""
 
@@ -67,8 +69,15 @@ def _open_study_list(ref_path: Path) -> None:
                 "the model preset follows it.")
 
 
+def _is_protected(target: Path) -> bool:
+    return target.name.startswith(PROTECTED_PREFIXES) and target.resolve().parent == state.SHIPPED_LIST_DIR.resolve()
+
+
 def _save_to(target: Path, overwrite: bool) -> None:
     """Write the list atomically (refusing to replace a file unless ``overwrite``), then remember it as saved."""
+    if overwrite and _is_protected(target):
+        st.error(f"{target.name} ships with the repository and is read-only: choose another name.")
+        return
     try:
         save_feature_list(fl, target, overwrite=overwrite)
     except UnlearnError as exc:
@@ -95,12 +104,11 @@ new_name = meta[0].text_input("Name", value=fl.name, key=f"fl_name_{state.versio
 new_desc = meta[1].text_input("Description", value=fl.description, key=f"fl_desc_{state.version()}")
 meta[2].markdown(f"**Model:** `{fl.model}`  \n**File:** `{path.name if path else '(not saved yet)'}`  \n"
                  f"**Latents:** {fl.total_latents} in {len(fl.saes)} SAE(s)")
+# Plain assignments, no rerun: a rerun here would drop a button click sent with the same edit.
 if new_name.strip() and new_name.strip() != fl.name:
     fl.name = new_name.strip()
-    st.rerun()
 if new_desc != fl.description:
     fl.description = new_desc
-    st.rerun()
 if fl.model != ws.preset.model_id:
     st.info(f"This list is for {fl.model}; the sidebar's model is {ws.preset.model_id}. "
             f"Presets for it: {', '.join(p.name for p in presets_for_model_id(fl.model)) or 'none'}.")
@@ -123,7 +131,7 @@ with file_tab:
             else:
                 _replace_current(opened, files[choice], f"Opened {choice} ({opened.total_latents} latents).")
     with c2:
-        protected = path is not None and path.name.startswith(PROTECTED_PREFIXES)
+        protected = path is not None and _is_protected(path)
         st.markdown("**Save**" + (f" to `{path.name}`" if path and not protected else ""))
         changed_on_disk = (path is not None and path.exists()
                            and st.session_state.get("forget_set_file_digest") not in (None, _file_digest(path)))
@@ -141,8 +149,9 @@ with file_tab:
         overwrite = False
         if target.exists():
             st.warning(f"{target.name} already exists.")
-            overwrite = st.checkbox(f"Replace {target.name}", key="overwrite_save_as",
-                                    disabled=target.name.startswith(PROTECTED_PREFIXES))
+            # keyed per file: a tick given for one name must never carry over to another
+            overwrite = st.checkbox(f"Replace {target.name}", key=f"overwrite_{target.name}",
+                                    disabled=_is_protected(target)) and not _is_protected(target)
         if st.button("Save as", disabled=not Path(name).stem or (target.exists() and not overwrite)):
             _save_to(target, overwrite=overwrite)
 
@@ -222,7 +231,9 @@ rows = []
 for entry in fl.saes:
     loaded = ws.sae_at(entry.sae)
     boards = get_dashboards(loaded) if loaded is not None else None
-    expl = views.explanation_texts(loaded, entry.latent_ids) if loaded is not None else {}
+    lookup = entry.latent_ids[:MAX_EXPLANATIONS]
+    expl = views.explanation_texts(loaded, lookup) if loaded is not None else {}
+    expl |= {i: f"(not looked up: more than {MAX_EXPLANATIONS} latents in this SAE)" for i in entry.latent_ids[MAX_EXPLANATIONS:]}
     for lat in entry.latents:
         board = boards.latent(lat.id) if boards is not None and lat.id < boards.width else None
         on_prompts = None
@@ -269,17 +280,10 @@ edited = st.data_editor(
     },
 )
 latents_by_key = {f"{e.sae}|{e.hook_name}|{lat.id}": lat for e in fl.saes for lat in e.latents}
-changed = False
-for _, row in edited.iterrows():
+for _, row in edited.iterrows():  # the editor keeps its edits, so applying them without a rerun is enough
     lat = latents_by_key[row["key"]]
-    label = str(row["label"] or "").strip() or None
-    note = str(row["note"] or "").strip() or None
-    if label != lat.label or note != lat.note:
-        lat.label, lat.note = label, note
-        changed = True
-if changed:
-    state.bump_version()
-    st.rerun()
+    lat.label = str(row["label"] or "").strip() or None
+    lat.note = str(row["note"] or "").strip() or None
 to_remove = edited[edited["remove"]]
 if st.button(f"Remove {len(to_remove)} ticked latent(s)", disabled=to_remove.empty):
     for _, row in to_remove.iterrows():

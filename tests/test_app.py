@@ -209,3 +209,22 @@ def test_sidebar_intervention_reaches_the_pages(real_lm):
     at.session_state["mode"] = "replace"
     run(at)
     assert any("REPRODUCTION ONLY" in w.value or "Reproduction setting" in w.value for w in at.warning)
+
+
+def test_shipped_lists_are_never_overwritten(real_lm, monkeypatch):
+    monkeypatch.setenv("UNLEARN_FEATURE_LISTS_DIR", str(REPO / "feature_lists"))  # save into the shipped folder
+    shipped = REPO / "feature_lists" / "example_gemma-3-270m-offline_harry-potter.json"
+    before = shipped.read_bytes()
+    at = new_app()
+    tick(at, 0, [0])
+    run(at)
+    at.switch_page("pages/forget_set.py")
+    run(at)
+    next(t for t in at.text_input if t.label == "File name").set_value(shipped.name)
+    run(at)
+    replace = next(c for c in at.checkbox if c.label == f"Replace {shipped.name}")
+    assert replace.disabled and button(at, "Save as").disabled
+    at.session_state[f"overwrite_{shipped.name}"] = True  # even a forced tick does not unlock it
+    run(at)
+    assert button(at, "Save as").disabled
+    assert shipped.read_bytes() == before

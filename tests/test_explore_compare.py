@@ -228,6 +228,7 @@ def test_add_and_remove_latents_keep_the_list_valid():
         (b"\x89PNG\r\n\x1a\n\x00\x00", "binary"),
         (b"\xff\xfe{\x00}", "binary|UTF-8"),
         (b'{"name": "x"}', "format_version|missing"),
+        (b"[" * 100_000, "nested too deeply"),
     ],
 )
 def test_uploaded_lists_fail_clearly(data, message):

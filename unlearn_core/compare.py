@@ -112,7 +112,9 @@ def condition_key(lm: LoadedModel, condition: Condition) -> str:
     parts = [
         [s.sae.ref, hook_name_for(s, condition.intervention.hook_site), list(s.latents)] for s in condition.selections
     ]
-    return _digest({"model": model, "selections": parts, "intervention": condition.intervention.describe()})
+    iv = condition.intervention
+    return _digest({"model": model, "selections": parts, "mode": iv.mode, "strength": repr(iv.strength),
+                    "hook_site": iv.hook_site})
 
 
 def text_set_key(texts: TextSet, max_seq_len: int) -> str:

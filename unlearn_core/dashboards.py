@@ -225,8 +225,8 @@ def compute_dashboards(
     dtype = sae.W_enc.dtype
     with torch.inference_mode():
         for start in range(0, n_rows, ENCODE_CHUNK):
-            x = torch.from_numpy(np.array(acts[start : start + ENCODE_CHUNK], dtype=np.float32)).to(dtype)
-            feats = sae.encode(x).float()
+            x = torch.from_numpy(np.array(acts[start : start + ENCODE_CHUNK], dtype=np.float32)).to(sae.W_enc.device, dtype)
+            feats = sae.encode(x).float().cpu()
             count += (feats > 0).sum(0)
             if row_source is not None:
                 src = torch.from_numpy(row_source[start : start + ENCODE_CHUNK]).long()
@@ -337,8 +337,8 @@ def _context_arrays(
     for start in range(0, d_sae, block):
         stop = min(start + block, d_sae)
         unique_rows = np.unique(clipped[start:stop])  # sorted
-        x = torch.from_numpy(np.array(acts[unique_rows], dtype=np.float32)).to(dtype)
-        feats = sae.encode(x).float().numpy()
+        x = torch.from_numpy(np.array(acts[unique_rows], dtype=np.float32)).to(sae.W_enc.device, dtype)
+        feats = sae.encode(x).float().cpu().numpy()
         where = np.searchsorted(unique_rows, clipped[start:stop])  # [b, C, W]
         latent_ids = np.arange(start, stop)[:, None, None]
         ctx_values[start:stop] = feats[where, latent_ids]
@@ -369,14 +369,14 @@ def _logit_effects(
     out = [np.zeros((d_sae, LOGIT_TOKENS), np.int64), np.zeros((d_sae, LOGIT_TOKENS), np.float32),
            np.zeros((d_sae, LOGIT_TOKENS), np.int64), np.zeros((d_sae, LOGIT_TOKENS), np.float32)]
     for start in range(0, d_sae, block):
-        direction = sae.W_dec[start : start + block].float()
+        direction = sae.W_dec[start : start + block].float().to(w_u.device)
         direction = direction / direction.norm(dim=-1, keepdim=True).clamp(min=1e-8)
         logits = direction @ w_u
         top = logits.topk(LOGIT_TOKENS, dim=-1)
         bottom = logits.topk(LOGIT_TOKENS, dim=-1, largest=False)
         stop = start + direction.shape[0]
-        out[0][start:stop], out[1][start:stop] = top.indices.numpy(), top.values.numpy()
-        out[2][start:stop], out[3][start:stop] = bottom.indices.numpy(), bottom.values.numpy()
+        out[0][start:stop], out[1][start:stop] = top.indices.cpu().numpy(), top.values.cpu().numpy()
+        out[2][start:stop], out[3][start:stop] = bottom.indices.cpu().numpy(), bottom.values.cpu().numpy()
         if progress is not None:
             progress("logits", stop, d_sae)
     return out[0], out[1], out[2], out[3]
@@ -389,7 +389,7 @@ def _cache_key(loaded: Any, texts: Sequence[str], max_tokens: int, corpus: str |
     """Names the SAE (reference and a weight fingerprint) and the corpus, so a changed either recomputes."""
     digest = hashlib.sha256()
     digest.update(loaded.ref.encode())
-    digest.update(loaded.sae.W_dec[:4].detach().float().numpy().tobytes())
+    digest.update(loaded.sae.W_dec[:4].detach().float().cpu().numpy().tobytes())
     digest.update(f"{max_tokens}|{corpus}".encode())
     for text in texts:
         digest.update(text.encode("utf-8", errors="replace") + b"\0")

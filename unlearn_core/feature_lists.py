@@ -531,6 +531,8 @@ def _parse_json_bytes(raw: bytes, path: str, what: str = "feature list") -> Any:
         raise FeatureListError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except ValueError as exc:
         raise FeatureListError(f"{path}: malformed JSON: {exc}") from None
+    except RecursionError:
+        raise FeatureListError(f"{path}: malformed JSON: nested too deeply") from None
 
 
 def load_feature_list(path: str | os.PathLike[str], *, check_model: bool = True) -> FeatureList:

@@ -306,7 +306,17 @@ def _offline_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
+_CONVERSION_LOCK = threading.Lock()
+"""One conversion and cache write at a time per process (two app sessions asking for different dtypes on a fresh
+cache would otherwise convert into the same folders at once)."""
+
+
 def _load_offline(preset: ModelPreset, device: str, dtype: torch.dtype, progress: ProgressFn | None) -> Any:
+    with _CONVERSION_LOCK:
+        return _load_offline_locked(preset, device, dtype, progress)
+
+
+def _load_offline_locked(preset: ModelPreset, device: str, dtype: torch.dtype, progress: ProgressFn | None) -> Any:
     path, converted = _offline_checkpoint(progress)
     _say(progress, "Loading Gemma 3 270M from the local cache")
     # add_bos_token=True is what TransformerLens wants; given it explicitly, TransformerLens keeps this tokenizer

@@ -305,6 +305,8 @@ class NeuronpediaClient:
             return _Outcome(error="connection broken while reading the answer", retryable=True)
         except requests.exceptions.RequestException as exc:
             return _Outcome(error=f"request failed ({type(exc).__name__})")
+        except ValueError:  # e.g. a malformed redirect Location header
+            return _Outcome(error="malformed response")
         status = response.status_code
         if status == 200:
             try:

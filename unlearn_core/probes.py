@@ -91,6 +91,8 @@ def _parse_records(text: str, source: str) -> list[Any]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TextSourceError(f"{source}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+        except RecursionError:
+            raise TextSourceError(f"{source}: malformed JSON (nested too deeply)") from None
         if not isinstance(data, list):
             raise TextSourceError(f"{source}: expected a JSON list of probes")
         return data
@@ -102,6 +104,8 @@ def _parse_records(text: str, source: str) -> list[Any]:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise TextSourceError(f"{source}: line {lineno} is not valid JSON ({exc.msg})") from exc
+        except RecursionError:
+            raise TextSourceError(f"{source}: line {lineno} is nested too deeply") from None
     return records
 
 
