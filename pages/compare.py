@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -75,6 +76,7 @@ conditions = [c for c in all_conditions if c.name in chosen_names]
 if BASELINE not in chosen_names:
     conditions.insert(0, all_conditions[0])  # ratios need it
 cells: dict[str, dict] = st.session_state.setdefault("_cells", {})
+DRAWS = itertools.count()  # a chart redrawn in one run (after every batch) needs a new key each time
 
 
 def cell_key(kind: str, cond, data_key: str) -> str:
@@ -153,7 +155,7 @@ def draw_perplexity() -> None:
     fig.update_traces(textposition="outside", textangle=0, textfont_size=11, cliponaxis=False)
     fig.update_layout(legend_title_text="", height=440, margin={"t": 60, "b": 10}, uniformtext_minsize=9,
                       uniformtext_mode="hide")
-    chart_slot.plotly_chart(fig, width="stretch", key=f"ppl_chart_{len(rows)}_{sum(r['complete'] for r in rows)}",
+    chart_slot.plotly_chart(fig, width="stretch", key=f"ppl_chart_{next(DRAWS)}",
                             config={"toImageButtonOptions": {"format": "png", "filename": "perplexity", "scale": 2}})
 
 
@@ -237,7 +239,7 @@ def draw_probes() -> None:
                  labels={"value": "top-1 accuracy", "dataset": ""}, title="Knowledge probes: first answer token is the argmax",
                  color_discrete_map=condition_colors())
     fig.update_layout(legend_title_text="", height=380, margin={"t": 50, "b": 10}, yaxis_range=[0, 1])
-    probe_slot.plotly_chart(fig, width="stretch", key=f"probe_chart_{len(rows)}",
+    probe_slot.plotly_chart(fig, width="stretch", key=f"probe_chart_{next(DRAWS)}",
                             config={"toImageButtonOptions": {"format": "png", "filename": "probes", "scale": 2}})
 
 

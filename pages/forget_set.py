@@ -28,10 +28,10 @@ from unlearn_core.feature_lists import (
 from unlearn_core.presets import presets_for_model_id
 
 DIR = state.feature_list_dir()
+# Per SAE, explanations looked up for the table (a list of thousands must not fire thousands of requests).
 MAX_EXPLANATIONS = 500
-"""Per SAE, explanations looked up for the table (a list of thousands must not fire thousands of requests)."""
+# Lists shipped with the repository: Save never writes over them (Save as does, only to a new name).
 PROTECTED_PREFIXES = ("reference_", "example_")
-"""Lists shipped with the repository: Save never writes over them (Save as does, only to a new name)."""
 
 ws = shell.page_setup(needs_model=False)
 fl = state.forget_set(ws.preset.model_id)

@@ -67,6 +67,7 @@ def test_explore_tick_save_compare(real_lm, list_dir):
     at.switch_page("pages/forget_set.py")
     run(at)
     assert any("unsaved changes" in w.value for w in at.warning)
+    assert not any("Save never writes" in m.value for m in at.markdown)  # no stray docstring rendered by magic
     assert sorted(at.data_editor[0].value["latent"]) == sorted(chosen)
     name_box = next(t for t in at.text_input if t.label == "File name")
     name_box.set_value("hp_by_hand.json")

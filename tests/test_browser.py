@@ -145,6 +145,15 @@ def test_explore_tick_save_compare_in_chromium(server):
             box.fill(value)
             box.press("Enter")
             _idle(page)
+        # Start a run and stop it part-way: what was computed stays, and Run completes the rest.
+        _visible_button(page, "Run perplexity").click()
+        expect(page.get_by_text(re.compile(r"on wikitext2-clean")).first).to_be_visible(timeout=300_000)
+        _visible_button(page, "Stop").click()
+        _idle(page)
+        partial = page.get_by_text(re.compile(r"^\d+ of \d+ perplexity results computed — Run computes the rest"))
+        expect(partial).to_be_visible()
+        done, total = map(int, re.findall(r"\d+", partial.inner_text())[:2])
+        assert 0 < done < total
         _visible_button(page, "Run perplexity").click()
         expect(page.get_by_text(re.compile(r"^(\d+) of \1 perplexity results computed"))).to_be_visible(timeout=600_000)
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
