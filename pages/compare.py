@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
@@ -34,7 +33,7 @@ from unlearn_core.feature_lists import check_latents_fit
 from unlearn_core.interventions import LatentSelection
 from unlearn_core.pipeline import check_selections_fit_model
 from unlearn_core.probes import BUILTIN_PROBES, ProbeSet, load_probes, probes_from_bytes
-from unlearn_core.texts import BUILTIN_TEXTS, TextSet, decode_text, load_texts, split_paragraphs
+from unlearn_core.texts import BUILTIN_TEXTS, TextSet, load_texts, texts_from_bytes
 
 ws = shell.page_setup(needs_model=True)
 fl = state.forget_set(ws.preset.model_id)
@@ -103,13 +102,9 @@ uploads = st.file_uploader("Your own texts (.txt, paragraphs separated by blank 
 text_sets: list[TextSet] = [load_texts(n, int(max_texts)) for n in text_names]
 for up in uploads or []:
     try:
-        paragraphs = split_paragraphs(decode_text(up.getvalue(), up.name))
-        if not paragraphs:
-            raise UnlearnError(f"{up.name} contains no text")
+        text_sets.append(texts_from_bytes(up.getvalue(), up.name, int(max_texts)))
     except UnlearnError as exc:
         st.error(f"{exc}. It is left out.")
-        continue
-    text_sets.append(TextSet(name=Path(up.name).stem, texts=tuple(paragraphs[: int(max_texts)]), source=f"upload:{up.name}"))
 
 
 ABLATED_COLORS = ["#c2410c", "#ea580c", "#f97316", "#fb923c", "#fdba74", "#9a3412"]
@@ -159,9 +154,13 @@ def draw_perplexity() -> None:
                             config={"toImageButtonOptions": {"format": "png", "filename": "perplexity", "scale": 2}})
 
 
+def computed(keys: set[str]) -> tuple[int, int]:
+    """How many of these cells are finished, out of how many (conditions equal to the baseline share cells)."""
+    return sum(1 for k in keys if k in cells and cells[k].get("complete", True)), len(keys)
+
+
 def ppl_progress() -> tuple[int, int]:
-    keys = {cell_key("ppl", c, text_set_key(ts, int(seq_len))) for ts in text_sets for c in conditions}
-    return sum(1 for k in keys if cells.get(k, {}).get("complete")), len(keys)
+    return computed({cell_key("ppl", c, text_set_key(ts, int(seq_len))) for ts in text_sets for c in conditions})
 
 
 draw_perplexity()
@@ -309,8 +308,8 @@ def draw_generations() -> None:
             col.write(outs.get(cond.name, "…"))
 
 
-gen_total = len({(p, condition_key(lm, c)) for p in prompts for c in conditions})
-gen_done = len({(r["prompt"], condition_key(lm, c)) for r in generation_rows() for c in conditions if c.name == r["condition"]})
+gen_done, gen_total = computed(
+    {cell_key("gen", c, generation_key(p, new_tokens, temperature, seed)) for p in prompts for c in conditions})
 st.caption(f"{gen_done} of {gen_total} generations computed" + (" — Run computes the rest." if gen_done < gen_total else "."))
 run_col, stop_col = st.columns([1, 5])
 if run_col.button("Run generations", icon=":material/play_arrow:", disabled=not prompts):

@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from .errors import InputError
 from .evaluation import (
@@ -166,18 +165,3 @@ def selectivity(forget_ratio: float, retain_ratio: float) -> float | None:
     if forget_ratio <= 0 or retain_ratio <= 0 or math.isclose(retain_ratio, 1.0, abs_tol=1e-12):
         return None
     return math.log(forget_ratio) / math.log(retain_ratio)
-
-
-@dataclass(frozen=True)
-class ResultRow:
-    """One number of a comparison, flat (for tables, CSV and charts)."""
-
-    condition: str
-    metric: str
-    """"perplexity", "probe top1" or "probe mean logprob"."""
-    dataset: str
-    value: float
-    ratio_to_baseline: float | None
-    n: int
-    """Tokens scored (perplexity) or probe items."""
-    complete: bool

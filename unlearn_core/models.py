@@ -142,7 +142,7 @@ def offline_checkpoint(progress: ProgressFn | None = None) -> Path:
 def _offline_checkpoint(progress: ProgressFn | None = None) -> tuple[Path, Any | None]:
     """The checkpoint's path, and the converted HF model when this call just made it (None when cached).
 
-    The conversion (about a minute and a half on 2 CPU cores) writes to a temporary folder and renames it into
+    The conversion (about a minute on 2 CPU cores) writes to a temporary folder and renames it into
     place, so an interrupted conversion never leaves a half-written cache behind.
     """
     target = cache_dir() / OFFLINE_CHECKPOINT_NAME

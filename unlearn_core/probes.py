@@ -56,14 +56,7 @@ def load_probes(name_or_path: str, max_items: int | None = None) -> ProbeSet:
                 f"probe file {name_or_path!r} not found (built-in probe sets: {', '.join(BUILTIN_PROBES)})"
             )
         name = path.stem
-    text = read_text_file(path)
-    records = _parse_records(text, str(path))
-    probes = tuple(_to_probe(rec, i, str(path)) for i, rec in enumerate(records))
-    if not probes:
-        raise TextSourceError(f"{path} contains no probes")
-    if max_items is not None:
-        probes = probes[:max_items]
-    return ProbeSet(name=name, probes=probes, source=str(path))
+    return _probe_set(read_text_file(path), name, str(path), str(path), max_items)
 
 
 def probes_from_bytes(data: bytes, name: str, max_items: int | None = None) -> ProbeSet:
@@ -71,11 +64,16 @@ def probes_from_bytes(data: bytes, name: str, max_items: int | None = None) -> P
     non-UTF-8, malformed or empty files."""
     from .texts import decode_text
 
-    text = decode_text(data, name)
-    probes = tuple(_to_probe(rec, i, name) for i, rec in enumerate(_parse_records(text, name)))
+    return _probe_set(decode_text(data, name), Path(name).stem, name, f"upload:{name}", max_items)
+
+
+def _probe_set(text: str, name: str, where: str, source: str, max_items: int | None) -> ProbeSet:
+    probes = tuple(_to_probe(rec, i, where) for i, rec in enumerate(_parse_records(text, where)))
     if not probes:
-        raise TextSourceError(f"{name} contains no probes")
-    return ProbeSet(name=Path(name).stem, probes=probes[:max_items] if max_items else probes, source=f"upload:{name}")
+        raise TextSourceError(f"{where} contains no probes")
+    if max_items is not None:
+        probes = probes[:max_items]
+    return ProbeSet(name=name, probes=probes, source=source)
 
 
 def answer_continuation(prompt: str, answer: str) -> str:

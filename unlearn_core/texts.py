@@ -53,15 +53,28 @@ def load_texts(name_or_path: str, max_texts: int | None = None) -> TextSet:
             raise TextSourceError(
                 f"{name_or_path!r} is neither a built-in text set ({', '.join(BUILTIN_TEXTS)}) nor an existing file"
             )
-        texts = tuple(split_paragraphs(read_text_file(path)))
-        if not texts:
-            raise TextSourceError(f"{path} contains no text")
-        name, source = path.stem, str(path)
-    if max_texts is not None:
-        if max_texts < 1:
-            raise TextSourceError("max_texts must be at least 1")
-        texts = texts[:max_texts]
-    return TextSet(name=name, texts=texts, source=source)
+        return _paragraph_set(read_text_file(path), path.stem, str(path), max_texts)
+    return TextSet(name=name, texts=_first(texts, max_texts), source=source)
+
+
+def texts_from_bytes(data: bytes, filename: str, max_texts: int | None = None) -> TextSet:
+    """The paragraphs of an uploaded file (same rules and errors as a file given to :func:`load_texts`)."""
+    return _paragraph_set(decode_text(data, filename), Path(filename).stem, f"upload:{filename}", max_texts)
+
+
+def _paragraph_set(text: str, name: str, source: str, max_texts: int | None) -> TextSet:
+    texts = tuple(split_paragraphs(text))
+    if not texts:
+        raise TextSourceError(f"{source.removeprefix('upload:')} contains no text")
+    return TextSet(name=name, texts=_first(texts, max_texts), source=source)
+
+
+def _first(texts: tuple[str, ...], max_texts: int | None) -> tuple[str, ...]:
+    if max_texts is None:
+        return texts
+    if max_texts < 1:
+        raise TextSourceError("max_texts must be at least 1")
+    return texts[:max_texts]
 
 
 def read_text_file(path: Path) -> str:
