@@ -64,13 +64,19 @@ def sidebar() -> state.Workspace:
         label = "c: active latents are set to -c" if mode == "clamp" else "s: latents are multiplied by s"
         value = float(sb.number_input(label, min_value=0.0 if mode == "clamp" else -100.0, max_value=1000.0,
                                       step=1.0, key=key))
+    relative = False
+    if mode == "clamp":
+        relative = sb.checkbox("c x each latent's mean activation", key="clamp_relative",
+                               help="Set each active latent to -c times its mean activation on forget text (lists "
+                                    "from Suggest latents / `select` carry it). Activations differ by 30x between "
+                                    "layers, so one absolute c cannot fit them all.")
     site = sb.selectbox("Hook site", ["trained", "resid_pre"], key="hook_site",
                         format_func=lambda s: "SAE's trained site (correct)" if s == "trained" else "resid_pre (study's bug)")
     sb.caption(MODE_HELP[mode])
     if mode == "replace" or site == "resid_pre":
         sb.warning("Reproduction setting: results are labelled REPRODUCTION ONLY.")
     ws = state.Workspace(preset=preset, family_name=family.name, layers=sorted(layers), device=device, dtype=dtype,
-                         intervention=Intervention(mode=mode, value=value, hook_site=site))
+                         intervention=Intervention(mode=mode, value=value, hook_site=site, relative=relative))
     fl = state.forget_set(preset.model_id)
     sb.divider()
     sb.markdown(f"**Forget set:** {fl.name} — {fl.total_latents} latents")

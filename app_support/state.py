@@ -40,7 +40,7 @@ def openable_lists() -> dict[str, Path]:
 
 # Widget keys that must survive page switches (Streamlit forgets a widget's value when its page is not shown).
 PERSISTENT_KEYS = (
-    "preset", "family", "layers", "device", "dtype", "mode", "strength_clamp", "strength_scale", "hook_site",
+    "preset", "family", "layers", "device", "dtype", "mode", "strength_clamp", "clamp_relative", "strength_scale", "hook_site",
     "explore_prompts", "explore_top_k", "explore_rank", "explore_scope", "explore_hide_dense", "compare_probe_items",
     "compare_conditions", "compare_texts", "compare_max_texts", "compare_seq_len", "compare_prompts",
     "compare_new_tokens", "compare_probes", "compare_temperature", "compare_seed",

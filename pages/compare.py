@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from app_support import shell, state
+from app_support import shell, state, sweep_panel
 from app_support.resources import get_sae
 from unlearn_core.compare import (
     BASELINE,
@@ -31,7 +31,7 @@ from unlearn_core.errors import UnlearnError
 from unlearn_core.explore import split_prompts, study_prompts
 from unlearn_core.feature_lists import check_latents_fit
 from unlearn_core.interventions import LatentSelection
-from unlearn_core.pipeline import check_selections_fit_model
+from unlearn_core.pipeline import check_selections_fit_model, reference_activations
 from unlearn_core.probes import BUILTIN_PROBES, ProbeSet, load_probes, probes_from_bytes
 from unlearn_core.texts import BUILTIN_TEXTS, TextSet, load_texts, texts_from_bytes
 
@@ -55,7 +55,7 @@ try:
     for entry in fl.saes:
         loaded = get_sae(entry.sae, ws.device, ws.dtype)
         check_latents_fit(entry, loaded.width, source=fl.name)
-        selections.append(LatentSelection(loaded, tuple(entry.latent_ids)))
+        selections.append(LatentSelection(loaded, tuple(entry.latent_ids), reference_activations(entry)))
     check_selections_fit_model(lm, selections, ws.intervention)
 except UnlearnError as exc:
     st.error(str(exc))
@@ -350,3 +350,5 @@ c2.download_button("Everything (JSON)", json.dumps({"settings": settings, "numbe
 c3.download_button("Generations (CSV)", pd.DataFrame(generation_rows()).to_csv(index=False).encode(),
                    "compare_generations.csv", "text/csv", disabled=not generation_rows())
 st.caption("Charts download as PNG from the camera icon in their top-right toolbar.")
+
+sweep_panel.render()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app_support import shell, state, views
+from app_support import shell, state, suggest_panel, views
 from app_support.forget_ops import apply_ticks
 from app_support.resources import get_dashboards
 from unlearn_core.errors import UnlearnError
@@ -114,7 +114,10 @@ if fl.model != ws.preset.model_id:
             f"Presets for it: {', '.join(p.name for p in presets_for_model_id(fl.model)) or 'none'}.")
 
 # ------------------------------------------------------------------------------------------------ files
-file_tab, import_tab, study_tab, new_tab = st.tabs(["Open / save", "Import / export", "The study's lists", "New"])
+suggest_tab, file_tab, import_tab, study_tab, new_tab = st.tabs(
+    ["Suggest latents", "Open / save", "Import / export", "The study's lists", "New"])
+with suggest_tab:
+    suggest_panel.render(ws)
 with file_tab:
     files = state.openable_lists()
     c1, c2 = st.columns(2)

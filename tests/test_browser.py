@@ -126,6 +126,10 @@ def test_explore_tick_save_compare_in_chromium(server):
         page.get_by_role("link", name="Forget set").click()
         _idle(page)
         expect(page.get_by_text("unsaved changes").first).to_be_visible()
+        expect(page.get_by_role("tab", name="Suggest latents")).to_be_visible()
+        _visible_button(page, "Suggest latents")  # the automated selection panel is the first tab
+        _shot(page, "2a_suggest_latents")
+        page.get_by_role("tab", name="Open / save").click()
         name_box = page.get_by_label("File name")
         name_box.fill("browser_list.json")
         name_box.press("Enter")
@@ -163,5 +167,15 @@ def test_explore_tick_save_compare_in_chromium(server):
         _idle(page)
         expect(page.get_by_text("ablated: layer 5").first).to_be_visible()
         _shot(page, "3_compare")
+        # the trade-off panel draws a committed sweep's Pareto plot
+        sweep_box = page.get_by_label("Committed sweep")
+        sweep_box.scroll_into_view_if_needed()
+        sweep_box.click()
+        page.keyboard.type("hp-ratio-all")  # the select box filters its options as you type
+        page.keyboard.press("Enter")
+        _idle(page)
+        expect(page.get_by_text("Best within the retain budget").first).to_be_visible(timeout=60_000)
+        page.get_by_text("Best within the retain budget").first.scroll_into_view_if_needed()
+        _shot(page, "4_tradeoff")
         browser.close()
     assert not errors, errors

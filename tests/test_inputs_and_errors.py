@@ -29,7 +29,7 @@ def test_builtin_texts_are_the_studys_sets():
     assert 150 < dropped < 200
     assert not any(w.lower() in hp_keywords() for t in clean.texts for w in t.split())
     hp = load_texts("hp-fanwiki")
-    assert len(hp) == 280 and "Hogwarts" in " ".join(hp.texts)
+    assert len(hp) == 40 and "Hogwarts" in " ".join(hp.texts)  # the 4 held-out articles (selection uses the 8 others)
     assert len(load_texts("hp-fanwiki", max_texts=5)) == 5
 
 
@@ -63,8 +63,8 @@ def test_probe_files(tmp_path):
     assert len(forget) == 100 and forget.probes[0].kind == "qa"
     assert forget.probes[0].prompt.startswith("Question: ") and forget.probes[0].prompt.endswith("\nAnswer:")
     nq = load_probes("nq-open")
-    assert len(nq) == 1800 and all(p.answers for p in nq.probes)
-    assert set(BUILTIN_PROBES) == {"muse-knowmem-forget", "muse-knowmem-retain", "nq-open"}
+    assert len(nq) == 1800 - 13 and all(p.answers for p in nq.probes)  # its 13 Harry Potter questions dropped
+    assert set(BUILTIN_PROBES) == {"hp-cloze", "general-cloze", "muse-knowmem-forget", "muse-knowmem-retain", "nq-open"}
     cloze = tmp_path / "cloze.json"
     cloze.write_text(json.dumps([{"prompt": "Harry's owl is called", "answer": "Hedwig"}]))
     ps = load_probes(str(cloze))

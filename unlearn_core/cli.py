@@ -1,4 +1,6 @@
-"""Command line: ``python -m unlearn_core evaluate|bench ...``. Thin: parse, call the library, print."""
+"""Command line: ``python -m unlearn_core select|sweep|evaluate|bench|train-sae|sae-quality ...``.
+
+Thin: parse, call the library, print."""
 
 from __future__ import annotations
 
@@ -12,8 +14,12 @@ from typing import Any
 from .errors import InputError, UnlearnError
 from .evaluation import CONDITIONS, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQ_LEN
 from .interventions import MODES
-from .pipeline import DEFAULT_TEXTS, EvaluationConfig, format_table, run_evaluation, write_json
-from .presets import PRESETS
+from .latent_stats import DEFAULT_STATS_TOKENS
+from .pipeline import DEFAULT_PROBES, DEFAULT_TEXTS, EvaluationConfig, format_table, run_evaluation, write_json
+from .presets import DEFAULT_PRESET, PRESETS
+from .selection import DEFAULT_METHOD, DEFAULT_MIN_FORGET_FREQ, DEFAULT_TOP
+from .selection import METHODS as SELECTION_METHODS
+from .sweep import DEFAULT_INTERVENTIONS, DEFAULT_LAYER_SETS, DEFAULT_NS
 
 
 def _conditions(value: str) -> list[str]:
@@ -31,17 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a forget set: perplexity and probes under each condition")
     ev.add_argument("--forget-set", required=True, help="feature-list JSON file")
     ev.add_argument("--model", choices=sorted(PRESETS), help="model preset (default: the first that loads the list's model)")
-    ev.add_argument("--mode", choices=MODES, default="zero",
+    ev.add_argument("--mode", choices=MODES, default=None,
                     help="zero | clamp (active latents -> -VALUE) | scale (x VALUE) | replace (REPRODUCTION ONLY: "
-                         "the study's x' = decode(f'), no error term)")
+                         "the study's x' = decode(f'), no error term). Default: the intervention the list "
+                         "recommends (lists from `select` carry one), else zero")
     ev.add_argument("--value", type=float, help="clamp: c (latents set to -c, default 10); scale: factor (default 0)")
+    ev.add_argument("--relative", action="store_true",
+                    help="clamp: set active latents to -VALUE x their mean activation on forget text (needs a list "
+                         "from `select`)")
     ev.add_argument("--hook-site", choices=("trained", "resid_pre"), default="trained",
                     help="trained = the SAE's own hook_name; resid_pre = REPRODUCTION ONLY (the study's placement)")
     ev.add_argument("--texts", nargs="+", default=list(DEFAULT_TEXTS),
                     help="built-in text sets (wikitext2, wikitext2-clean, hp-fanwiki) or text files")
-    ev.add_argument("--probes", nargs="*", default=[],
-                    help="probe files (JSON/JSONL, cloze or QA) or built-ins: muse-knowmem-forget, "
-                         "muse-knowmem-retain, nq-open")
+    ev.add_argument("--probes", nargs="*", default=list(DEFAULT_PROBES),
+                    help="probe files (JSON/JSONL, cloze or QA) or built-ins: hp-cloze, general-cloze, "
+                         "muse-knowmem-forget, muse-knowmem-retain, nq-open (default: hp-cloze general-cloze)")
     ev.add_argument("--max-texts", type=int, help="use only the first N texts of each text set")
     ev.add_argument("--conditions", type=_conditions, default=list(CONDITIONS),
                     help=f"comma-separated subset of {','.join(CONDITIONS)}")
@@ -50,7 +60,66 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per batch")
     ev.add_argument("--device", help="cpu, cuda, mps (default: CUDA when present)")
     ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
-    ev.add_argument("--json", dest="json_out", help="write the full result here")
+    ev.add_argument("--json", dest="json_out", help="write the full result (with its headline numbers) here")
+    ev.add_argument("--report", help="write a Markdown report (headline numbers, the command, every number) here")
+
+    se = sub.add_parser("select", help="suggest a forget set: latents that fire on forget text but not retain text")
+    se.add_argument("--model", choices=sorted(PRESETS), default=DEFAULT_PRESET, help=f"model preset (default {DEFAULT_PRESET})")
+    se.add_argument("--sae", action="append", dest="saes",
+                    help="SAE reference (repeat for several); default: the preset's bundled SAEs at every layer")
+    se.add_argument("--forget", default="hp-fanwiki",
+                    help="forget text: built-in set (its selection split is used) or a text file (default hp-fanwiki)")
+    se.add_argument("--retain", default="wikitext2", help="retain text, as --forget (default wikitext2)")
+    se.add_argument("--method", choices=SELECTION_METHODS, default=DEFAULT_METHOD,
+                    help="ratio (default): p_f*ln(p_f/p_r) among latents rare on retain text; frequency: SAEBench's "
+                         "rule, drop latents firing on retain text >= threshold, rank by forget firing rate")
+    se.add_argument("--top", type=int, default=DEFAULT_TOP, help=f"latents per SAE (default {DEFAULT_TOP})")
+    se.add_argument("--retain-threshold", type=float,
+                    help="drop latents firing on at least this fraction of retain tokens (default 0.001 for ratio, "
+                         "0.01 for frequency)")
+    se.add_argument("--min-forget-freq", type=float, default=DEFAULT_MIN_FORGET_FREQ,
+                    help="ratio rule: ignore latents firing on fewer forget tokens than this")
+    se.add_argument("--stats-tokens", type=int, default=DEFAULT_STATS_TOKENS, help="tokens of each corpus")
+    se.add_argument("--intervention", default=None,
+                    help="intervention the list recommends: zero, clamp:C, clamp:Cx (C x mean activation), "
+                         "scale:S (default: the best found, clamp:4x)")
+    se.add_argument("--name", help="feature list name")
+    se.add_argument("--out", required=True, help="feature-list JSON file to write")
+    se.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    se.add_argument("--device", help="cpu, cuda, mps (default: CUDA when present)")
+    se.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
+
+    sw = sub.add_parser("sweep", help="sweep latent count x intervention x layers; best point under a retain budget")
+    sw.add_argument("--model", choices=sorted(PRESETS), default=DEFAULT_PRESET)
+    sw.add_argument("--sae", action="append", dest="saes", help="SAE reference (repeat); default: the preset's bundled SAEs")
+    sw.add_argument("--forget", default="hp-fanwiki", help="forget text to select latents on (selection split)")
+    sw.add_argument("--retain", default="wikitext2", help="retain text to select latents on (selection split)")
+    sw.add_argument("--method", choices=SELECTION_METHODS, default=DEFAULT_METHOD)
+    sw.add_argument("--retain-threshold", type=float)
+    sw.add_argument("--min-forget-freq", type=float, default=DEFAULT_MIN_FORGET_FREQ)
+    sw.add_argument("--stats-tokens", type=int, default=DEFAULT_STATS_TOKENS)
+    sw.add_argument("--ns", type=int, nargs="+", default=list(DEFAULT_NS), help="latents per SAE at each point")
+    sw.add_argument("--interventions", nargs="+", default=list(DEFAULT_INTERVENTIONS),
+                    help="zero, clamp:C, clamp:Cx (C x mean activation on forget text), scale:S")
+    sw.add_argument("--layer-sets", nargs="+", default=list(DEFAULT_LAYER_SETS),
+                    help="'all' or layers joined by + (e.g. 12 9+12 all)")
+    sw.add_argument("--forget-texts", default="hp-fanwiki", help="held-out forget text for perplexity")
+    sw.add_argument("--retain-texts", default="wikitext2")
+    sw.add_argument("--forget-probes", default="hp-cloze")
+    sw.add_argument("--retain-probes", default="general-cloze")
+    sw.add_argument("--max-forget-texts", type=int, default=40)
+    sw.add_argument("--max-retain-texts", type=int, default=80)
+    sw.add_argument("--max-seq-len", type=int, default=256)
+    sw.add_argument("--retain-ppl-budget", type=float, default=0.10, help="max relative rise of retain perplexity")
+    sw.add_argument("--retain-probe-budget", type=float, default=0.05, help="max relative fall of retain probe top-1")
+    sw.add_argument("--seed", type=int, default=0, help="seed of the random-latent control")
+    sw.add_argument("--out-dir", required=True, help="folder for sweep.json, sweep.md, pareto.html and pareto.png")
+    sw.add_argument("--write-best", help="also write the best point's forget set to this feature-list file")
+    sw.add_argument("--device", help="cpu, cuda, mps (default: CUDA when present)")
+    sw.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
+
+    pl = sub.add_parser("plot-sweep", help="redraw a sweep's Pareto plot (pareto.html and pareto.png) from its sweep.json")
+    pl.add_argument("sweep_json", help="sweep.json written by `sweep`")
 
     be = sub.add_parser("bench", help="speed benchmark on the offline model (ratios measured in one run)")
     be.add_argument("--texts", type=int, default=60, help="number of WikiText-2 rows")
@@ -109,6 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "select":
+            return _select(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command == "plot-sweep":
+            return _plot_sweep(args)
         if args.command == "bench":
             return _bench(args)
         if args.command == "train-sae":
@@ -164,12 +239,16 @@ def _check_writable(path: str | None) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .report import command_line, evaluation_headline, evaluation_markdown
+
     _check_writable(args.json_out)
+    _check_writable(args.report)
     config = EvaluationConfig(
         forget_set=args.forget_set,
         preset=args.model,
         mode=args.mode,
         value=args.value,
+        relative=args.relative,
         hook_site=args.hook_site,
         texts=args.texts,
         probes=args.probes,
@@ -186,10 +265,169 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = run_evaluation(config, status=_status, progress=bar)
     finally:
         bar.close()
+    command = command_line(["evaluate", *(args.argv or sys.argv[2:])])
+    result["headline"] = evaluation_headline(result)
+    result["command"] = command
     print(format_table(result))
+    report = evaluation_markdown(result, command)
+    print()
+    print(report.split("## All numbers")[0].rstrip())
     if args.json_out:
         print(f"wrote {write_json(result, args.json_out)}", file=sys.stderr)
+    if args.report:
+        from .files import write_text_atomic
+
+        print(f"wrote {write_text_atomic(args.report, report)}", file=sys.stderr)
     return 0
+
+
+def _selection_setup(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
+    """Model, SAEs and selection config shared by ``select`` and ``sweep``."""
+    from .autoselect import DEFAULT_INTERVENTION, SelectConfig, default_sae_refs, load_saes
+    from .models import load_model
+    from .presets import get_preset
+    from .sweep import parse_intervention
+
+    preset = get_preset(args.model)
+    intervention_spec = getattr(args, "intervention", None)
+    config = SelectConfig(
+        forget=args.forget, retain=args.retain, method=args.method, top=getattr(args, "top", DEFAULT_TOP),
+        retain_threshold=args.retain_threshold, min_forget_freq=args.min_forget_freq, stats_tokens=args.stats_tokens,
+        intervention=parse_intervention(intervention_spec) if intervention_spec else DEFAULT_INTERVENTION,
+    )
+    if config.top < 1 or config.stats_tokens < 1000:
+        raise InputError("--top must be >= 1 and --stats-tokens >= 1000")
+    from .texts import load_texts
+
+    for name in config.corpora():
+        load_texts(name, 1)  # a missing or unreadable file fails here, before the model loads
+    lm = load_model(preset, device=args.device, dtype=args.dtype, progress=_status)
+    refs = args.saes or default_sae_refs(preset)
+    _status(f"Loading SAEs: {', '.join(refs)}")
+    saes = load_saes(refs, lm.device, lm.dtype)
+    from .interventions import Intervention, LatentSelection
+    from .pipeline import check_selections_fit_model
+
+    check_selections_fit_model(lm, [LatentSelection(s, ()) for s in saes], Intervention())
+    return lm, saes, config
+
+
+def _select(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .autoselect import suggest, suggested_feature_list
+    from .errors import FeatureListError
+    from .feature_lists import save_feature_list
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise FeatureListError(f"{args.out} exists; choose another --out or add --overwrite")
+    _check_writable(args.out)
+    lm, saes, config = _selection_setup(args)
+    bar = _TokenProgress()
+    try:
+        chosen = suggest(lm, saes, config, progress=bar)
+    finally:
+        bar.close()
+    fl = suggested_feature_list(lm, saes, chosen, config, name=args.name)
+    fl.extra["selection"]["command"] = _command("select", args)
+    path = save_feature_list(fl, args.out, overwrite=args.overwrite)
+    for entry in fl.saes:
+        top = entry.latents[0].extra["stats"]
+        print(f"{entry.sae}: {len(entry.latents)} latents (best fires on {top['forget_freq']:.2%} of forget vs "
+              f"{top['retain_freq']:.3%} of retain tokens)")
+    print(f"wrote {path} ({fl.total_latents} latents; apply with: {config.intervention.describe()})")
+    return 0
+
+
+def _command(name: str, args: argparse.Namespace) -> str:
+    from .report import command_line
+
+    return command_line([name, *(args.argv if args.argv is not None else sys.argv[2:])])
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .autoselect import suggest
+    from .files import write_json_atomic, write_text_atomic
+    from .report import sweep_markdown
+    from .sweep import SweepConfig, run_sweep, sweep_points
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.write_best and Path(args.write_best).exists():
+        raise InputError(f"{args.write_best} exists; choose another --write-best file")
+    sweep_config = SweepConfig(
+        ns=args.ns, interventions=args.interventions, layer_sets=args.layer_sets, forget_texts=args.forget_texts,
+        retain_texts=args.retain_texts, forget_probes=args.forget_probes, retain_probes=args.retain_probes,
+        max_forget_texts=args.max_forget_texts, max_retain_texts=args.max_retain_texts, max_seq_len=args.max_seq_len,
+        retain_ppl_budget=args.retain_ppl_budget, retain_probe_budget=args.retain_probe_budget, seed=args.seed,
+    )
+    args.top = max(args.ns)
+    lm, saes, config = _selection_setup(args)
+    sweep_points(sweep_config, [s.layer for s in saes])  # validates specs before the long part
+    bar = _TokenProgress()
+    try:
+        ranked = suggest(lm, saes, config, progress=bar)
+        sweep_config.extra["selection"] = f"{config.method} rule on {' vs '.join(config.corpora())}"
+        result = run_sweep(lm, saes, ranked, sweep_config, progress=bar, status=_status)
+    finally:
+        bar.close()
+    command = _command("sweep", args)
+    result["command"] = command
+    report = sweep_markdown(result, command)
+    print(report)
+    write_json_atomic(out_dir / "sweep.json", result, indent=1)
+    write_text_atomic(out_dir / "sweep.md", report)
+    print(f"wrote {out_dir / 'sweep.json'}, sweep.md", file=sys.stderr)
+    _write_plots(result, out_dir)
+    if args.write_best and result["best"] is not None:
+        _write_best(lm, saes, ranked, config, result, args.write_best, command)
+    return 0
+
+
+def _write_plots(result: dict[str, Any], out_dir: Any) -> None:
+    from .files import write_text_atomic
+    from .sweep_plot import pareto_figure, write_figure_image
+
+    fig = pareto_figure(result)
+    write_text_atomic(out_dir / "pareto.html", fig.to_html(include_plotlyjs=True))
+    image = write_figure_image(fig, out_dir / "pareto.png")
+    print(f"wrote {out_dir / 'pareto.html'}" + (", pareto.png" if image else
+          " (no pareto.png: plotly image export needs kaleido and Chrome/Chromium)"), file=sys.stderr)
+
+
+def _plot_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .sweep_plot import parse_sweep
+
+    path = Path(args.sweep_json)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        result = parse_sweep(raw, str(path))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    _write_plots(result, path.parent)
+    return 0
+
+
+def _write_best(lm: Any, saes: list[Any], ranked: Any, config: Any, result: dict[str, Any], path: str, command: str) -> None:
+    import dataclasses
+
+    from .autoselect import suggested_feature_list
+    from .feature_lists import save_feature_list
+    from .sweep import parse_intervention
+
+    best = result["points"][result["best"]]
+    chosen = {s.ref: ranked[s.ref][: best["n"]] for s in saes if s.layer in best["layers"]}
+    best_config = dataclasses.replace(config, top=best["n"], intervention=parse_intervention(best["intervention"]))
+    fl = suggested_feature_list(lm, [s for s in saes if s.layer in best["layers"]], chosen, best_config)
+    fl.extra["selection"]["command"] = command
+    print(f"wrote {save_feature_list(fl, path)} (best point {best['label']})", file=sys.stderr)
 
 
 def _train_sae(args: argparse.Namespace) -> int:

@@ -108,12 +108,14 @@ def condition_key(lm: LoadedModel, condition: Condition) -> str:
         return _digest({"model": model, "condition": BASELINE})
     from .interventions import hook_name_for
 
-    parts = [
-        [s.sae.ref, hook_name_for(s, condition.intervention.hook_site), list(s.latents)] for s in condition.selections
-    ]
     iv = condition.intervention
+    parts = [
+        [s.sae.ref, hook_name_for(s, iv.hook_site), list(s.latents)]
+        + ([[repr(r) for r in s.reference or ()]] if iv.relative else [])
+        for s in condition.selections
+    ]
     return _digest({"model": model, "selections": parts, "mode": iv.mode, "strength": repr(iv.strength),
-                    "hook_site": iv.hook_site})
+                    "hook_site": iv.hook_site, "relative": iv.relative})
 
 
 def text_set_key(texts: TextSet, max_seq_len: int) -> str:

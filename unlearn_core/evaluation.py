@@ -64,7 +64,7 @@ def build_conditions(
     * ``reconstruction_only``: the same SAEs spliced in with nothing edited (identical to baseline when the error
       term is kept; the SAE reconstruction error alone in ``replace`` mode);
     * ``random_control``: per SAE, as many latents as the forget set has there, drawn uniformly (seeded) from the
-      latents not in the forget set, edited the same way.
+      latents not in the forget set, edited the same way (a relative clamp reuses the chosen latents' values).
     """
     unknown = [n for n in names if n not in CONDITIONS]
     if unknown:
@@ -90,7 +90,14 @@ def random_selections(selections: Sequence[LatentSelection], seed: int) -> tuple
     for sel in selections:
         chosen = set(sel.latents)
         pool = [i for i in range(sel.sae.width) if i not in chosen]
-        out.append(LatentSelection(sel.sae, tuple(sorted(rng.sample(pool, min(len(chosen), len(pool)))))))
+        latents = tuple(sorted(rng.sample(pool, min(len(chosen), len(pool)))))
+        reference = None
+        if sel.reference is not None:
+            # the chosen latents' clamp values, shuffled onto the random ones: the same strength, elsewhere
+            reference = list(sel.reference)[: len(latents)]
+            rng.shuffle(reference)
+            reference = tuple(reference)
+        out.append(LatentSelection(sel.sae, latents, reference))
     return tuple(out)
 
 

@@ -45,6 +45,9 @@ class Intervention:
     mode: Mode = "zero"
     value: float | None = None
     hook_site: HookSite = "trained"
+    relative: bool = False
+    """clamp only: set each active latent to ``-value x`` its reference activation (``LatentSelection.reference``,
+    its mean activation on the forget text) instead of ``-value`` for all."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -58,6 +61,8 @@ class Intervention:
                 raise InputError(f"intervention value must be a finite number, got {self.value}")
         if self.mode == "clamp" and self.strength < 0:
             raise InputError("clamp value c must be >= 0 (active latents are set to -c)")
+        if self.relative and self.mode != "clamp":
+            raise InputError("only clamp can be relative (scaled to each latent's reference activation)")
 
     @property
     def strength(self) -> float:
@@ -74,6 +79,8 @@ class Intervention:
     def describe(self) -> str:
         if self.mode == "zero":
             text = "zero-ablate latents, error term kept"
+        elif self.mode == "clamp" and self.relative:
+            text = f"clamp active latents to -{self.strength:g} x their mean activation on forget text, error term kept"
         elif self.mode == "clamp":
             text = f"clamp active latents to -{self.strength:g}, error term kept"
         elif self.mode == "scale":
@@ -91,6 +98,8 @@ class LatentSelection:
 
     sae: LoadedSae
     latents: tuple[int, ...]
+    reference: tuple[float, ...] | None = None
+    """Per-latent reference activation (mean when active on the forget text), used by relative clamps."""
 
     def __post_init__(self) -> None:
         width = self.sae.width
@@ -99,6 +108,23 @@ class LatentSelection:
             raise InputError(f"latent ids {bad[:10]} are out of range for SAE {self.sae.ref} (width {width})")
         if len(set(self.latents)) != len(self.latents):
             raise InputError(f"duplicate latent ids in the selection for SAE {self.sae.ref}")
+        if self.reference is not None:
+            if len(self.reference) != len(self.latents):
+                raise InputError(f"{len(self.reference)} reference activations for {len(self.latents)} latents")
+            if not all(math.isfinite(r) and r >= 0 for r in self.reference):
+                raise InputError("reference activations must be finite and >= 0")
+
+    def clamp_values(self, intervention: Intervention) -> float | torch.Tensor:
+        """What active latents are clamped to (negated): one number, or one per latent for a relative clamp."""
+        if not intervention.relative:
+            return intervention.strength
+        if self.reference is None:
+            raise InputError(
+                f"a relative clamp needs each latent's reference activation, which SAE {self.sae.ref}'s entry lacks "
+                "(feature lists written by `select` carry them); use an absolute clamp value instead"
+            )
+        ref = torch.tensor(self.reference, dtype=self.sae.sae.W_dec.dtype, device=self.sae.sae.W_dec.device)
+        return intervention.strength * ref
 
 
 def hook_name_for(selection: LatentSelection, hook_site: HookSite) -> str:
@@ -181,7 +207,7 @@ def make_hook(
     sae = selection.sae.sae
     index = torch.tensor(selection.latents, dtype=torch.long, device=sae.W_dec.device)
     mode = intervention.edit_mode
-    value = intervention.strength
+    value = selection.clamp_values(intervention) if mode == "clamp" else intervention.strength
     start = 1 if protect_first_position else 0
     subset = SubsetEncoder.for_sae(sae, index) if intervention.keeps_error_term else None
     w_dec_subset = sae.W_dec[index].detach() if subset is not None else None

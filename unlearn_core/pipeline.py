@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .errors import FeatureListError
+from .errors import FeatureListError, InputError
 from .evaluation import (
     CONDITIONS,
     DEFAULT_BATCH_TOKENS,
@@ -24,8 +24,8 @@ from .evaluation import (
     perplexity,
     probe_scores,
 )
-from .feature_lists import FeatureList, check_latents_fit, load_feature_list
-from .interventions import Intervention, LatentSelection
+from .feature_lists import FeatureList, SaeEntry, check_latents_fit, load_feature_list
+from .interventions import Intervention, LatentSelection, hook_name_for
 from .models import LoadedModel, load_model
 from .presets import ModelPreset, get_preset, presets_for_model_id
 from .probes import load_probes
@@ -33,6 +33,7 @@ from .saes import LoadedSae, load_sae
 from .texts import load_texts
 
 DEFAULT_TEXTS: tuple[str, ...] = ("wikitext2", "wikitext2-clean", "hp-fanwiki")
+DEFAULT_PROBES: tuple[str, ...] = ("hp-cloze", "general-cloze")
 StatusFn = Callable[[str], None]
 StageProgressFn = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)``; ``stage`` names the condition and text/probe set."""
@@ -44,11 +45,13 @@ class EvaluationConfig:
 
     forget_set: str
     preset: str | None = None
-    mode: str = "zero"
+    mode: str | None = None
+    """None: the intervention the list recommends (lists written by ``select`` carry one), else zero."""
     value: float | None = None
     hook_site: str = "trained"
+    relative: bool = False
     texts: Sequence[str] = DEFAULT_TEXTS
-    probes: Sequence[str] = ()
+    probes: Sequence[str] = DEFAULT_PROBES
     max_texts: int | None = None
     conditions: Sequence[str] = CONDITIONS
     seed: int = 0
@@ -60,7 +63,28 @@ class EvaluationConfig:
 
     @property
     def intervention(self) -> Intervention:
-        return Intervention(mode=self.mode, value=self.value, hook_site=self.hook_site)  # type: ignore[arg-type]
+        """The intervention given explicitly (``mode`` set); see :func:`resolve_intervention` for the default."""
+        return Intervention(
+            mode=self.mode or "zero", value=self.value, hook_site=self.hook_site, relative=self.relative  # type: ignore[arg-type]
+        )
+
+
+def resolve_intervention(config: EvaluationConfig, fl: FeatureList) -> Intervention:
+    """The intervention to apply: ``config.mode`` if given; else the list's recommended one (lists from ``select``
+    carry one), with ``config.value`` and ``config.hook_site`` overriding its value and site; else zero."""
+    if config.mode is not None or "intervention" not in fl.extra:
+        if config.mode is None and config.value is not None:
+            raise InputError("--value needs --mode (this list recommends no intervention)")
+        return config.intervention
+    from .autoselect import intervention_from_dict
+
+    rec = intervention_from_dict(fl.extra["intervention"], fl.name)
+    return Intervention(
+        rec.mode,
+        config.value if config.value is not None else rec.value,
+        config.hook_site if config.hook_site != "trained" else rec.hook_site,
+        rec.relative or config.relative,
+    )
 
 
 def preset_for_feature_list(fl: FeatureList, preset_name: str | None = None) -> ModelPreset:
@@ -93,16 +117,33 @@ def load_selections(
                 f"{loaded.hook_name}; fix the list's hook_name"
             )
         check_latents_fit(entry, loaded.width, source=fl.name)
-        selections.append(LatentSelection(loaded, tuple(entry.latent_ids)))
+        selections.append(LatentSelection(loaded, tuple(entry.latent_ids), reference_activations(entry)))
     return selections
+
+
+def reference_activations(entry: SaeEntry) -> tuple[float, ...] | None:
+    """Each latent's mean activation on forget text (``stats.forget_mean_act``, written by ``select``), if all
+    latents of the entry have one; relative clamps scale to it."""
+    values = []
+    for lat in entry.latents:
+        stats = lat.extra.get("stats")
+        value = stats.get("forget_mean_act") if isinstance(stats, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+            return None
+        values.append(float(value))
+    return tuple(values)
 
 
 def check_selections_fit_model(lm: LoadedModel, selections: Sequence[LatentSelection], intervention: Intervention) -> None:
     """Refuse SAEs that cannot be applied to this model: unknown hook, wrong width, or not an SAE (transcoders)."""
-    from .interventions import hook_name_for
-
     d_model = int(lm.model.cfg.d_model)
     for sel in selections:
+        if intervention.relative and sel.latents and sel.reference is None:
+            raise FeatureListError(
+                f"a clamp relative to each latent's mean activation needs those activations, and some latents of "
+                f"{sel.sae.ref} have none (lists from `select` / Suggest latents carry them; latents added by hand "
+                "do not): remove those latents or use an absolute clamp"
+            )
         cfg = sel.sae.sae.cfg
         site = hook_name_for(sel, intervention.hook_site)
         if site not in lm.model.hook_dict:
@@ -128,8 +169,8 @@ def run_evaluation(
     hold the numbers; ``result["settings"]`` the configuration; ``result["details"]`` token counts and timings.
     """
     started = time.perf_counter()
-    intervention = config.intervention  # validates mode and value before anything slow happens
     fl = load_feature_list(config.forget_set)
+    intervention = resolve_intervention(config, fl)  # validates mode and value before anything slow happens
     preset = preset_for_feature_list(fl, config.preset)
     if lm is None or lm.preset.model_id != preset.model_id:
         lm = load_model(preset, device=config.device, dtype=config.dtype, progress=status)
@@ -141,7 +182,7 @@ def run_evaluation(
 
     out: dict[str, Any] = {"conditions": {}, "details": {}}
     for cond in conditions:
-        if cond.name == "reconstruction_only" and config.intervention.keeps_error_term and "baseline" in out["conditions"]:
+        if cond.name == "reconstruction_only" and intervention.keeps_error_term and "baseline" in out["conditions"]:
             # x + decode(f) - decode(f) = x: the hook returns the activation untouched, so this is the baseline
             # exactly (tests/test_interventions.py proves it); no need to score everything again.
             out["conditions"][cond.name] = out["conditions"]["baseline"]
@@ -175,9 +216,12 @@ def run_evaluation(
         "forget_set_name": fl.name,
         "model": preset.model_id,
         "preset": preset.name,
-        "intervention": config.intervention.describe(),
+        "intervention": intervention.describe(),
+        "intervention_settings": {"mode": intervention.mode, "value": intervention.value,
+                                  "relative": intervention.relative, "hook_site": intervention.hook_site},
         "saes": [
-            {"sae": s.sae.ref, "hook_name": s.sae.hook_name, "applied_at": _applied_at(s, config), "n_latents": len(s.latents)}
+            {"sae": s.sae.ref, "hook_name": s.sae.hook_name, "applied_at": hook_name_for(s, intervention.hook_site),
+             "n_latents": len(s.latents)}
             for s in selections
         ],
         "device": lm.device,
@@ -192,12 +236,6 @@ def _stage(progress: StageProgressFn | None, stage: str) -> Callable[[int, int],
     if progress is None:
         return None
     return lambda done, total: progress(stage, done, total)
-
-
-def _applied_at(selection: LatentSelection, config: EvaluationConfig) -> str:
-    from .interventions import hook_name_for
-
-    return hook_name_for(selection, config.intervention.hook_site)
 
 
 def _versions() -> dict[str, str]:

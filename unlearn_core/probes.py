@@ -8,6 +8,7 @@ prompt already ends in whitespace. Scoring lives in :mod:`unlearn_core.evaluatio
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,10 +20,23 @@ ProbeKind = Literal["cloze", "qa"]
 QA_TEMPLATE = "Question: {question}\nAnswer:"
 
 BUILTIN_PROBES: dict[str, Path] = {
+    "hp-cloze": DATA_DIR / "probes" / "hp_cloze.json",
+    "general-cloze": DATA_DIR / "probes" / "general_cloze.json",
     "muse-knowmem-forget": DATA_DIR / "qa" / "muse_books_knowmem_forget_qa.json",
     "muse-knowmem-retain": DATA_DIR / "qa" / "muse_books_knowmem_retain_qa.json",
     "nq-open": DATA_DIR / "qa" / "nq_open_efficientqa_dev.jsonl",
 }
+"""``hp-cloze`` / ``general-cloze``: this project's cloze sets (52 facts each, written for it, no book text);
+MUSE KnowMem forget/retain QA; NQ-open (EfficientQA dev) without its Harry Potter questions."""
+FORGET_PROBES = ("hp-cloze",)
+RETAIN_PROBES = ("general-cloze",)
+
+_HARRY_POTTER_TERMS = re.compile(
+    r"harry potter|hogwarts|dumbledore|voldemort|hermione|weasley|quidditch|gryffindor|slytherin|hufflepuff|"
+    r"ravenclaw|snape|hagrid|horcrux|muggle|deathly hallows|rowling|fantastic beasts|half.blood prince|"
+    r"goblet of fire|azkaban|philosopher's stone|sorcerer's stone|order of (?:the )?phoenix|chamber of secrets|"
+    r"malfoy|grindelwald|diagon|death eater|sirius black"
+)
 
 
 @dataclass(frozen=True)
@@ -44,11 +58,21 @@ class ProbeSet:
         return len(self.probes)
 
 
+def mentions_harry_potter(probe: Probe) -> bool:
+    """True if a probe's prompt or answers name the Harry Potter world (used to keep general sets general)."""
+    text = " ".join((probe.prompt, *probe.answers)).lower()
+    return _HARRY_POTTER_TERMS.search(text) is not None
+
+
 def load_probes(name_or_path: str, max_items: int | None = None) -> ProbeSet:
     """Load a probe file (or a built-in probe set by name); the set is named after the file's stem."""
     if name_or_path in BUILTIN_PROBES:
         path = BUILTIN_PROBES[name_or_path]
         name = name_or_path
+        if name == "nq-open":
+            full = _probe_set(read_text_file(path), name, str(path), str(path), None)
+            general = tuple(p for p in full.probes if not mentions_harry_potter(p))
+            return ProbeSet(name=name, probes=general[:max_items] if max_items else general, source=full.source)
     else:
         path = Path(name_or_path).expanduser()
         if not path.is_file():

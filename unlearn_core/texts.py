@@ -5,7 +5,13 @@ Built-ins (shipped in ``unlearn_core/data``, see its NOTICE.md):
 * ``wikitext2``        - WikiText-2 raw test rows 0-999, non-empty rows: the reference study's 681 texts;
 * ``wikitext2-clean``  - the same rows with every whitespace-split word whose lower-case form is one of the
                          study's Harry Potter keywords removed (the study's "cleaned WikiText-2");
-* ``hp-fanwiki``       - Harry Potter Wiki character articles (CC BY-SA), one paragraph per text.
+* ``hp-fanwiki``       - Harry Potter Wiki character articles (CC BY-SA), one paragraph per text: the 4 held-out
+                         articles (40 paragraphs) that latent selection never sees;
+* ``hp-fanwiki-select`` - the other 8 articles (240 paragraphs): the forget text latents are selected on;
+* ``wikitext2-train``  - the first 1 MB of WikiText-2 raw *train*, one row per text: retain text for selection.
+
+Selection uses the ``*-select``/``*-train`` split of a built-in set (:func:`selection_split`), evaluation the
+held-out one, so reported numbers are never measured on the text the latents were picked on.
 
 A path to a UTF-8 text file gives its paragraphs (split on blank lines).
 """
@@ -23,8 +29,18 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 BUILTIN_TEXTS: dict[str, str] = {
     "wikitext2": "WikiText-2 test rows 0-999 (the reference study's set)",
     "wikitext2-clean": "WikiText-2 test rows 0-999 with the study's Harry Potter keywords removed",
-    "hp-fanwiki": "Harry Potter Wiki character articles (CC BY-SA), one paragraph per text",
+    "hp-fanwiki": "Harry Potter Wiki character articles (CC BY-SA), held-out articles, one paragraph per text",
+    "hp-fanwiki-select": "Harry Potter Wiki character articles (CC BY-SA) used for latent selection",
+    "wikitext2-train": "WikiText-2 raw train split (first 1 MB), used as retain text for latent selection",
 }
+HP_FANWIKI_HELD_OUT_ARTICLES = (1, 4, 8, 11)
+"""Articles (0-based, in file order) kept for evaluation; the rest are for selection."""
+_SELECTION_SPLITS = {"hp-fanwiki": "hp-fanwiki-select", "wikitext2": "wikitext2-train", "wikitext2-clean": "wikitext2-train"}
+
+
+def selection_split(name_or_path: str) -> str:
+    """The text set to select latents on for ``name_or_path``: a built-in's selection split, else itself."""
+    return _SELECTION_SPLITS.get(name_or_path, name_or_path)
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
 _BLANK_LINES = re.compile(r"\n\s*\n")
@@ -133,8 +149,19 @@ def _builtin(name: str) -> tuple[str, ...]:
         return tuple(row for row in wikitext2_rows() if row.strip())
     if name == "wikitext2-clean":
         return tuple(clean_keywords(_builtin("wikitext2"), hp_keywords()))
-    if name == "hp-fanwiki":
+    if name in ("hp-fanwiki", "hp-fanwiki-select"):
         raw = (DATA_DIR / "hp_fanwiki" / "hp_fanwiki_characters.txt").read_text(encoding="utf-8")
-        # The articles put one paragraph per line (blank lines only separate articles).
-        return tuple(line.strip() for line in raw.splitlines() if line.strip())
+        # Blank lines separate articles; within an article each line is one paragraph.
+        articles = split_paragraphs(raw)
+        held_out = name == "hp-fanwiki"
+        return tuple(
+            line.strip()
+            for index, article in enumerate(articles)
+            if (index in HP_FANWIKI_HELD_OUT_ARTICLES) == held_out
+            for line in article.splitlines()
+            if line.strip()
+        )
+    if name == "wikitext2-train":
+        raw = (DATA_DIR / "wikitext2" / "wiki.train.first1MB.raw").read_text(encoding="utf-8")
+        return tuple(line for line in raw.split("\n") if line.strip() and not line.strip().startswith("="))
     raise TextSourceError(f"unknown built-in text set {name!r}")
