@@ -6,7 +6,13 @@ from typing import Any
 
 import streamlit as st
 
-from unlearn_core.autoselect import DEFAULT_INTERVENTION, SelectConfig, intervention_to_dict, suggest
+from unlearn_core.autoselect import (
+    DEFAULT_INTERVENTION,
+    SelectConfig,
+    intervention_from_dict,
+    intervention_to_dict,
+    suggest,
+)
 from unlearn_core.errors import UnlearnError
 from unlearn_core.feature_lists import check_model_matches
 from unlearn_core.latent_stats import DEFAULT_STATS_TOKENS
@@ -78,9 +84,15 @@ def render(ws: state.Workspace) -> None:
     if st.button("Suggest latents", type="primary", disabled=not ws.layers or waiting):
         _run(ws, SelectConfig(forget=forget_name, retain=retain_name, method=method, top=top, stats_tokens=tokens),
              forget_texts, retain_texts)
-    recommended = intervention_to_dict(DEFAULT_INTERVENTION)
-    st.caption(f"Recommended intervention for suggested latents: {DEFAULT_INTERVENTION.describe()} "
-               "(the best point of the committed sweep, docs/selection.md).")
+    recommended, source = intervention_to_dict(DEFAULT_INTERVENTION), "the best point of the committed sweep"
+    listed = state.forget_set().extra.get("intervention")
+    if listed is not None:
+        try:
+            recommended, source = intervention_to_dict(intervention_from_dict(listed, "this list")), "this list"
+        except UnlearnError as exc:
+            st.warning(f"This list's recommended intervention is unusable: {exc}")
+    st.caption(f"Recommended intervention: {intervention_from_dict(recommended, 'recommended').describe()} "
+               f"(from {source}; docs/selection.md).")
     st.button("Use the recommended intervention", on_click=use_recommended_intervention, args=(recommended,),
               key="suggest_use_recommended")
 
@@ -122,7 +134,7 @@ def _run(ws: state.Workspace, config: SelectConfig, forget_texts: tuple[str, ...
             if lat.id in by_id:
                 lat.extra["stats"] = by_id[lat.id].stats()
         total += len(added)
-    fl.extra["intervention"] = intervention_to_dict(DEFAULT_INTERVENTION)
+    fl.extra.setdefault("intervention", intervention_to_dict(DEFAULT_INTERVENTION))
     fl.extra["selection"] = {"method": config.method, "forget": config.forget, "retain": config.retain,
                              "top": config.top, "stats_tokens": config.stats_tokens}
     state.bump_version()

@@ -165,6 +165,11 @@ def test_relative_clamp_sets_each_latent_to_its_own_value(tiny_lm):
     torch.testing.assert_close(captured["x"][0, 1:], expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(captured["x"][0, 0], x[0, 0])  # BOS untouched
 
+    # an empty selection (reconstruction only) needs no reference activations, even under a relative clamp
+    empty = Condition("r", (LatentSelection(sae, ()),), Intervention("clamp", 2.0, relative=True)).hooks()
+    with intervened(tiny_lm, [*empty, (sae.hook_name, grab)]) as model:
+        model(seq)
+    torch.testing.assert_close(captured["x"], x)
     with pytest.raises(InputError, match="reference activation"):
         Condition("c", (LatentSelection(sae, latents),), Intervention("clamp", 2.0, relative=True)).hooks()
     with pytest.raises(InputError):
@@ -207,6 +212,7 @@ def test_suggested_list_round_trips_with_stats_and_intervention(tiny_lm, tmp_pat
             assert "forget tokens" in lat.note
     path = save_feature_list(fl, tmp_path / "suggested.json")
     loaded = load_feature_list(path)
+    assert loaded.extra["selection"]["preset"] == tiny_lm.preset.name
     assert loaded.extra["intervention"] == {"mode": "clamp", "value": 4.0, "relative": True, "hook_site": "trained"}
     refs = [reference_activations(e) for e in loaded.saes]
     assert all(r is not None and len(r) == len(e.latents) for r, e in zip(refs, loaded.saes, strict=True))
@@ -244,7 +250,9 @@ def test_intervention_and_layer_specs():
     assert parse_intervention("clamp:4x") == Intervention("clamp", 4.0, relative=True)
     assert parse_intervention("clamp:10") == Intervention("clamp", 10.0)
     assert parse_intervention("replace") == Intervention("replace", hook_site="resid_pre")
-    for bad in ("clamp", "clamp:-1", "melt", "clamp:2y"):
+    assert parse_intervention(" zero ") == Intervention("zero")
+    assert parse_intervention("clamp:.5x") == Intervention("clamp", 0.5, relative=True)
+    for bad in ("clamp", "clamp:-1", "melt", "clamp:2y", "clamp:.", "scale:1.2.3", "clamp:"):
         with pytest.raises(InputError):
             parse_intervention(bad)
     assert parse_layer_set("all", [12, 5]) == (5, 12)
@@ -270,6 +278,8 @@ def test_headline_math():
     assert forget_score(2.0, -0.5) == pytest.approx(2.0)
     assert targets_met({"forget_ppl_ratio": 2.1, "retain_ppl_ratio": 1.2, "selectivity": None}) == {
         "forget_ppl_ratio": True, "retain_ppl_ratio": False, "selectivity": False}
+    # forget perplexity up, retain perplexity not: unbounded selectivity meets the target
+    assert targets_met({"forget_ppl_ratio": 2.5, "retain_ppl_ratio": 0.998, "selectivity": None})["selectivity"]
 
 
 def test_sweep_on_a_tiny_model(tiny_lm, tmp_path, monkeypatch):
@@ -344,8 +354,26 @@ def test_sweep_files_are_validated_before_plotting():
 
     for raw, reason in ((b"\xff\xfe", "not JSON"), (b"[1, 2]", "not a sweep result"), (b'{"points": 1}', "not a sweep"),
                         (b'{"baseline": {}, "settings": {}, "points": [{"label": "x"}]}', "'points' must be"),
-                        (b'{"baseline": {}, "settings": {}, "points": [], "best": 3}', "'best' does not")):
+                        (b'{"baseline": {}, "settings": {}, "points": [], "best": 3}', "'best' does not"),
+                        (b'{"baseline": {}, "settings": {}, "points": [], "pareto": [99]}', "'pareto' must"),
+                        (b'{"baseline": {}, "settings": [], "points": []}', "'settings' must")):
         with pytest.raises(ValueError, match=reason):
             parse_sweep(raw, "f.json")
     ok = parse_sweep(b'{"baseline": {}, "settings": {}, "points": []}', "f.json")
     assert ok["pareto"] == [] and ok["controls"] == {}
+
+
+def test_select_and_sweep_refuse_bad_flags_before_loading_anything(tmp_path, capsys):
+    from unlearn_core.cli import main
+
+    out = str(tmp_path / "x.json")
+    cases = [
+        (["select", "--out", out, "--retain-threshold", "2"], "--retain-threshold must be in (0, 1]"),
+        (["select", "--out", out, "--top", "0"], "--top must be >= 1"),
+        (["select", "--out", out, "--forget", str(tmp_path / "missing.txt")], "neither a built-in text set"),
+        (["sweep", "--out-dir", str(tmp_path / "s"), "--ns", "0"], "--ns must all be >= 1"),
+        (["sweep", "--out-dir", str(tmp_path / "s"), "--interventions", "melt"], "cannot read intervention"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err

@@ -137,7 +137,7 @@ def suggested_feature_list(
     fl.saes.sort(key=lambda e: (e.layer, e.hook_name, e.sae))
     settings = asdict(config)
     settings.pop("intervention")
-    settings.update(forget_corpus=forget_name, retain_corpus=retain_name)
+    settings.update(forget_corpus=forget_name, retain_corpus=retain_name, preset=lm.preset.name)
     fl.extra["selection"] = settings
     fl.extra["intervention"] = intervention_to_dict(config.intervention)
     return fl

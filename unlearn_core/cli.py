@@ -297,6 +297,10 @@ def _selection_setup(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
     )
     if config.top < 1 or config.stats_tokens < 1000:
         raise InputError("--top must be >= 1 and --stats-tokens >= 1000")
+    if config.retain_threshold is not None and not 0 < config.retain_threshold <= 1:
+        raise InputError(f"--retain-threshold must be in (0, 1], got {config.retain_threshold}")
+    if not 0 <= config.min_forget_freq < 1:
+        raise InputError(f"--min-forget-freq must be in [0, 1), got {config.min_forget_freq}")
     from .texts import load_texts
 
     for name in config.corpora():
@@ -354,7 +358,12 @@ def _sweep(args: argparse.Namespace) -> int:
     from .sweep import SweepConfig, run_sweep, sweep_points
 
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create --out-dir {out_dir}: {exc.strerror or exc}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise InputError(f"cannot write to --out-dir {out_dir}")
     if args.write_best and Path(args.write_best).exists():
         raise InputError(f"{args.write_best} exists; choose another --write-best file")
     sweep_config = SweepConfig(
@@ -363,6 +372,12 @@ def _sweep(args: argparse.Namespace) -> int:
         max_forget_texts=args.max_forget_texts, max_retain_texts=args.max_retain_texts, max_seq_len=args.max_seq_len,
         retain_ppl_budget=args.retain_ppl_budget, retain_probe_budget=args.retain_probe_budget, seed=args.seed,
     )
+    if any(n < 1 for n in args.ns):
+        raise InputError("--ns must all be >= 1")
+    from .sweep import parse_intervention
+
+    for spec in args.interventions:
+        parse_intervention(spec)  # a typo fails now, not after the model has loaded
     args.top = max(args.ns)
     lm, saes, config = _selection_setup(args)
     sweep_points(sweep_config, [s.layer for s in saes])  # validates specs before the long part
@@ -383,6 +398,9 @@ def _sweep(args: argparse.Namespace) -> int:
     _write_plots(result, out_dir)
     if args.write_best and result["best"] is not None:
         _write_best(lm, saes, ranked, config, result, args.write_best, command)
+    elif args.write_best:
+        print(f"warning: no point stayed within the retain budget, so {args.write_best} was not written",
+              file=sys.stderr)
     return 0
 
 

@@ -207,7 +207,7 @@ def make_hook(
     sae = selection.sae.sae
     index = torch.tensor(selection.latents, dtype=torch.long, device=sae.W_dec.device)
     mode = intervention.edit_mode
-    value = selection.clamp_values(intervention) if mode == "clamp" else intervention.strength
+    value = selection.clamp_values(intervention) if mode == "clamp" and selection.latents else intervention.strength
     start = 1 if protect_first_position else 0
     subset = SubsetEncoder.for_sae(sae, index) if intervention.keeps_error_term else None
     w_dec_subset = sae.W_dec[index].detach() if subset is not None else None

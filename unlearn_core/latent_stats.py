@@ -23,7 +23,7 @@ from .evaluation import DEFAULT_BATCH_TOKENS, ProgressCallback
 from .models import LoadedModel, cache_dir
 from .saes import LoadedSae
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 DEFAULT_STATS_TOKENS = 100_000
 DEFAULT_STATS_SEQ_LEN = 256
 
@@ -137,7 +137,8 @@ def compute_latent_stats(
 def stats_cache_key(lm: LoadedModel, sae: LoadedSae, sequences: Sequence[Sequence[int]]) -> str:
     """A digest of everything the statistics depend on: model, SAE weights, and the exact token ids."""
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_FORMAT, lm.preset.model_id, str(lm.dtype), sae.ref, sae.hook_name]).encode())
+    h.update(json.dumps([CACHE_FORMAT, lm.preset.name, lm.preset.loader, lm.preset.model_id, str(lm.dtype), sae.ref,
+                          sae.hook_name]).encode())
     with torch.inference_mode():
         for name in ("W_enc", "b_enc", "threshold", "b_dec"):
             tensor = getattr(sae.sae, name, None)

@@ -97,6 +97,8 @@ def preset_for_feature_list(fl: FeatureList, preset_name: str | None = None) -> 
             )
         return preset
     candidates = presets_for_model_id(fl.model)
+    chosen_on = fl.extra.get("selection", {}).get("preset") if isinstance(fl.extra.get("selection"), dict) else None
+    candidates.sort(key=lambda p: p.name != chosen_on)  # the preset the latents were selected on, if recorded
     if not candidates:
         raise FeatureListError(f"no preset loads {fl.model}, the model of feature list {fl.name!r}")
     return candidates[0]
@@ -213,6 +215,10 @@ def run_evaluation(
 
     out["settings"] = {
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "mode": intervention.mode,
+        "value": intervention.value,
+        "relative": intervention.relative,
+        "hook_site": intervention.hook_site,
         "forget_set_name": fl.name,
         "model": preset.model_id,
         "preset": preset.name,

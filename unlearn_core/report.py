@@ -81,20 +81,24 @@ def evaluation_headline(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets_met(row: dict[str, Any]) -> dict[str, bool]:
-    """Which headline targets a row meets (only for the numbers it has)."""
+    """Which headline targets a row meets (only for the numbers it has).
+
+    Selectivity is unbounded (met) when the forget perplexity rose and the retain perplexity did not.
+    """
+    unbounded = row.get("retain_ppl_ratio", 2.0) <= 1.0 and row.get("forget_ppl_ratio", 0.0) > 1.0
     checks = {
         "forget_top1_change": lambda v: v <= -0.5,
         "retain_top1_change": lambda v: v >= -0.05,
         "forget_ppl_ratio": lambda v: v >= 2.0,
         "retain_ppl_ratio": lambda v: v <= 1.10,
-        "selectivity": lambda v: v is not None and v >= 10,
+        "selectivity": lambda v: unbounded if v is None else v >= 10,
     }
     return {k: bool(check(row[k])) for k, check in checks.items() if k in row}
 
 
 def _fmt(key: str, value: Any) -> str:
     if value is None:
-        return "n/a (retain PPL did not rise)" if key == "selectivity" else "n/a"
+        return "unbounded (retain PPL did not rise)" if key == "selectivity" else "n/a"
     if key.endswith("_change"):
         return f"{value:+.1%}"
     if key.endswith("_ratio"):

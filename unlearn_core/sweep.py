@@ -37,13 +37,15 @@ DEFAULT_RETAIN_PPL_BUDGET = 0.10
 DEFAULT_RETAIN_PROBE_BUDGET = 0.05
 StageProgressFn = Callable[[str, int, int], None]
 
-_INTERVENTION_RE = re.compile(r"^(zero|replace|clamp:([0-9.]+)(x?)|scale:([0-9.]+))$")
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_INTERVENTION_RE = re.compile(rf"^(zero|replace|clamp:({_NUMBER})(x?)|scale:({_NUMBER}))$")
 
 
 def parse_intervention(spec: str) -> Intervention:
     """``zero`` | ``clamp:C`` (active latents -> -C) | ``clamp:Cx`` (-> -C x their mean activation on forget
     text) | ``scale:S`` | ``replace`` (the study's recipe: zero, no error term, at resid_pre)."""
-    match = _INTERVENTION_RE.match(spec.strip())
+    spec = spec.strip()
+    match = _INTERVENTION_RE.match(spec)
     if match is None:
         raise InputError(f"cannot read intervention {spec!r}; use zero, clamp:10, clamp:4x, scale:0.5 or replace")
     if spec == "zero":

@@ -31,11 +31,22 @@ def parse_sweep(raw: bytes, source: str) -> dict[str, Any]:
     points = data["points"]
     if not isinstance(points, list) or not all(isinstance(p, dict) and all(k in p for k in _POINT_KEYS) for p in points):
         raise ValueError(f"{source}: 'points' must be a list of sweep points with {', '.join(_POINT_KEYS)}")
-    for key in ("best",):
-        if data.get(key) is not None and not (isinstance(data[key], int) and 0 <= data[key] < len(points)):
-            raise ValueError(f"{source}: 'best' does not index a point")
+    numeric = ("forget_ppl_ratio", "retain_ppl_ratio", "forget_top1_change", "retain_top1_change", "forget_score")
+    if not all(isinstance(p[k], (int, float)) and not isinstance(p[k], bool) for p in points for k in numeric):
+        raise ValueError(f"{source}: every point needs numbers for {', '.join(numeric)}")
+    if not isinstance(data["settings"], dict):
+        raise ValueError(f"{source}: 'settings' must be an object")
+    if data.get("best") is not None and not (isinstance(data["best"], int) and 0 <= data["best"] < len(points)):
+        raise ValueError(f"{source}: 'best' does not index a point")
     data.setdefault("pareto", [])
-    data.setdefault("controls", {})
+    if not isinstance(data["pareto"], list) or not all(isinstance(i, int) and 0 <= i < len(points) for i in data["pareto"]):
+        raise ValueError(f"{source}: 'pareto' must list indices of points")
+    controls = data.setdefault("controls", {})
+    if not isinstance(controls, dict) or not all(
+        isinstance(c, dict) and all(isinstance(c.get(k), (int, float)) for k in ("retain_ppl_ratio", "forget_score"))
+        for c in controls.values()
+    ):
+        raise ValueError(f"{source}: 'controls' must map names to measured points")
     return data
 
 
