@@ -112,7 +112,8 @@ def compute_latent_stats(
     n_tokens = 0
     for batch in iter_activations(lm, sequences, hooks, include_bos=False, batch_tokens=batch_tokens, progress=progress):
         n_tokens += int(batch.tokens.numel())
-        seq = batch.sequence_index
+        # which sequence of the batch each row belongs to, numbered 0..k-1: shared by every SAE below
+        uniq, inverse = torch.unique(batch.sequence_index, return_inverse=True)
         with torch.inference_mode():
             for s in saes:
                 f = s.sae.encode(batch.acts[s.hook_name].to(s.sae.dtype)).float().cpu()
@@ -121,8 +122,7 @@ def compute_latent_stats(
                 a["fire_count"] += active.sum(dim=0)
                 a["act_sum"] += f.sum(dim=0, dtype=torch.float64)
                 a["act_max"] = torch.maximum(a["act_max"], f.max(dim=0).values)
-                # texts in which each latent fired: max of `active` within each sequence of the batch
-                uniq, inverse = torch.unique(seq, return_inverse=True)
+                # texts in which each latent fired: count its active rows per sequence, then count sequences > 0
                 per_text = torch.zeros(len(uniq), s.width)
                 per_text.index_add_(0, inverse, active.float())
                 a["text_count"] += (per_text > 0).sum(dim=0)
