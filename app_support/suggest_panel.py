@@ -121,6 +121,10 @@ def _run(ws: state.Workspace, config: SelectConfig, forget_texts: tuple[str, ...
         bar.empty()
         st.error(f"No suggestion: {exc}")
         return
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory: a message, and the forget set stays as it was
+        bar.empty()
+        st.error(f"No suggestion: {type(exc).__name__}: {exc}. The forget set is unchanged.")
+        return
     bar.empty()
     family = ws.preset.family(ws.family_name)
     total = 0
