@@ -16,10 +16,10 @@ from typing import Any, Generic, TypeVar
 
 import streamlit as st
 
-from unlearn_core.dashboards import Dashboards, find_dashboards
-from unlearn_core.models import LoadedModel, load_model
-from unlearn_core.neuronpedia import NeuronpediaClient, api_key_from
-from unlearn_core.saes import LoadedSae, load_sae
+from unlearn_core.explain.dashboards import Dashboards, find_dashboards
+from unlearn_core.models.loading import LoadedModel, load_model
+from unlearn_core.saes.loading import LoadedSae, load_sae
+from unlearn_core.saes.neuronpedia import NeuronpediaClient, api_key_from
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
+from unlearn_core.ablation.interventions import DEFAULT_VALUES, Intervention
 from unlearn_core.errors import UnlearnError
-from unlearn_core.interventions import DEFAULT_VALUES, Intervention
-from unlearn_core.models import hf_token_available
-from unlearn_core.presets import DEFAULT_PRESET, PRESETS
+from unlearn_core.models.loading import hf_token_available
+from unlearn_core.models.presets import DEFAULT_PRESET, PRESETS
 
 from . import state
 from .resources import get_model, get_sae, model_is_loaded

@@ -1,6 +1,6 @@
 """Per-session state: settings chosen in the sidebar, the loaded workspace, and the forget set being curated.
 
-The forget set is a :class:`unlearn_core.feature_lists.FeatureList` kept in ``st.session_state``; it is edited in
+The forget set is a :class:`unlearn_core.forget_set.lists.FeatureList` kept in ``st.session_state``; it is edited in
 place only through the helpers here, and every edit is checked against the saved copy so the app can warn about
 unsaved changes. Nothing here touches the model: that is shared, read-only, in :mod:`app_support.resources`.
 """
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from unlearn_core.feature_lists import FeatureList, content_signature, new_feature_list
-from unlearn_core.interventions import Intervention
-from unlearn_core.models import LoadedModel
-from unlearn_core.presets import DEFAULT_PRESET, REPO_ROOT, ModelPreset, get_preset
-from unlearn_core.saes import LoadedSae
+from unlearn_core.ablation.interventions import Intervention
+from unlearn_core.forget_set.lists import FeatureList, content_signature, new_feature_list
+from unlearn_core.models.loading import LoadedModel
+from unlearn_core.models.presets import DEFAULT_PRESET, REPO_ROOT, ModelPreset, get_preset
+from unlearn_core.saes.loading import LoadedSae
 
 SHIPPED_LIST_DIR = REPO_ROOT / "feature_lists"
 LIST_DIR_ENV = "UNLEARN_FEATURE_LISTS_DIR"
@@ -30,7 +30,7 @@ def feature_list_dir() -> Path:
 
 def openable_lists() -> dict[str, Path]:
     """Feature lists the Open menu offers: the user's folder, then the shipped lists it does not shadow."""
-    from unlearn_core.feature_lists import list_feature_lists
+    from unlearn_core.forget_set.lists import list_feature_lists
 
     found: dict[str, Path] = {}
     for directory in (feature_list_dir(), SHIPPED_LIST_DIR):

@@ -1,4 +1,4 @@
-"""The Forget set page's "Suggest latents" panel: automated selection (unlearn_core.autoselect) as one click."""
+"""The Forget set page's "Suggest latents" panel: automated selection (unlearn_core.selection.suggest) as one click."""
 
 from __future__ import annotations
 
@@ -6,18 +6,18 @@ from typing import Any
 
 import streamlit as st
 
-from unlearn_core.autoselect import (
+from unlearn_core.data.texts import BUILTIN_TEXTS, selection_split, texts_from_bytes
+from unlearn_core.errors import UnlearnError
+from unlearn_core.forget_set.lists import check_model_matches
+from unlearn_core.selection.rules import DEFAULT_TOP, METHODS
+from unlearn_core.selection.stats import DEFAULT_STATS_TOKENS
+from unlearn_core.selection.suggest import (
     DEFAULT_INTERVENTION,
     SelectConfig,
     intervention_from_dict,
     intervention_to_dict,
     suggest,
 )
-from unlearn_core.errors import UnlearnError
-from unlearn_core.feature_lists import check_model_matches
-from unlearn_core.latent_stats import DEFAULT_STATS_TOKENS
-from unlearn_core.selection import DEFAULT_TOP, METHODS
-from unlearn_core.texts import BUILTIN_TEXTS, selection_split, texts_from_bytes
 
 from . import shell, state
 from .forget_ops import apply_ticks

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from unlearn_core.presets import REPO_ROOT
-from unlearn_core.sweep_plot import pareto_figure, parse_sweep
+from unlearn_core.experiments.plots import pareto_figure, parse_sweep
+from unlearn_core.models.presets import REPO_ROOT
 
 SWEEPS_DIR = REPO_ROOT / "docs" / "sweeps"
 def sweep_files() -> dict[str, Path]:

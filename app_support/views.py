@@ -8,10 +8,10 @@ from collections.abc import Iterable, Sequence
 
 import streamlit as st
 
-from unlearn_core.dashboards import LatentDashboard
 from unlearn_core.errors import UnlearnError
-from unlearn_core.neuronpedia import Explanation
-from unlearn_core.saes import LoadedSae
+from unlearn_core.explain.dashboards import LatentDashboard
+from unlearn_core.saes.loading import LoadedSae
+from unlearn_core.saes.neuronpedia import Explanation
 
 from .resources import get_dashboards, neuronpedia_client
 
@@ -148,7 +148,7 @@ def explanation_panel(loaded: LoadedSae, latent: int) -> None:
 
 
 def _compute_dashboards(loaded: LoadedSae) -> None:
-    from unlearn_core.dashboards import dashboards_for
+    from unlearn_core.explain.dashboards import dashboards_for
 
     from .resources import remember_dashboards
     from .state import workspace

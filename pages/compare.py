@@ -11,7 +11,11 @@ import streamlit as st
 
 from app_support import shell, state, sweep_panel
 from app_support.resources import get_sae
-from unlearn_core.compare import (
+from unlearn_core.ablation.interventions import LatentSelection
+from unlearn_core.data.probes import BUILTIN_PROBES, ProbeSet, load_probes, probes_from_bytes
+from unlearn_core.data.texts import BUILTIN_TEXTS, TextSet, load_texts, texts_from_bytes
+from unlearn_core.errors import UnlearnError
+from unlearn_core.experiments.compare import (
     BASELINE,
     CONTROLS,
     DEFAULT_COMPARE_SEQ_LEN,
@@ -27,13 +31,9 @@ from unlearn_core.compare import (
     same_as_baseline,
     text_set_key,
 )
-from unlearn_core.errors import UnlearnError
-from unlearn_core.explore import split_prompts, study_prompts
-from unlearn_core.feature_lists import check_latents_fit
-from unlearn_core.interventions import LatentSelection
-from unlearn_core.pipeline import check_selections_fit_model, reference_activations
-from unlearn_core.probes import BUILTIN_PROBES, ProbeSet, load_probes, probes_from_bytes
-from unlearn_core.texts import BUILTIN_TEXTS, TextSet, load_texts, texts_from_bytes
+from unlearn_core.experiments.evaluate import check_selections_fit_model, reference_activations
+from unlearn_core.explain.explore import split_prompts, study_prompts
+from unlearn_core.forget_set.lists import check_latents_fit
 
 ws = shell.page_setup(needs_model=True)
 fl = state.forget_set(ws.preset.model_id)

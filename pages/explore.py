@@ -10,7 +10,7 @@ from app_support import shell, state, views
 from app_support.forget_ops import apply_ticks, chosen_ids
 from app_support.resources import get_dashboards
 from unlearn_core.errors import UnlearnError
-from unlearn_core.explore import RANKINGS, ExploreResult, explore, prepare_prompts, split_prompts, study_prompts
+from unlearn_core.explain.explore import RANKINGS, ExploreResult, explore, prepare_prompts, split_prompts, study_prompts
 
 DENSE_FREQUENCY = 0.10
 

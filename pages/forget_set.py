@@ -13,7 +13,7 @@ from app_support import shell, state, suggest_panel, views
 from app_support.forget_ops import apply_ticks
 from app_support.resources import get_dashboards
 from unlearn_core.errors import UnlearnError
-from unlearn_core.feature_lists import (
+from unlearn_core.forget_set.lists import (
     FeatureList,
     check_model_matches,
     feature_list_from_bytes,
@@ -25,7 +25,7 @@ from unlearn_core.feature_lists import (
     remove_latents,
     save_feature_list,
 )
-from unlearn_core.presets import presets_for_model_id
+from unlearn_core.models.presets import presets_for_model_id
 
 DIR = state.feature_list_dir()
 # Per SAE, explanations looked up for the table (a list of thousands must not fire thousands of requests).

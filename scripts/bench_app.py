@@ -29,7 +29,7 @@ CHILD = r"""
 import json, sys, time
 t0 = float(sys.argv[1])
 from streamlit.testing.v1 import AppTest
-from unlearn_core.explore import study_prompts
+from unlearn_core.explain.explore import study_prompts
 at = AppTest.from_file(sys.argv[2], default_timeout=900)
 at.run()
 assert not at.exception, [e.message for e in at.exception]
@@ -46,11 +46,11 @@ for i in range(4):
 # Compare with the page's defaults: time to the first number (first batch) and to the full cell, baseline and
 # ablated (the bundled example forget set at layers 5/9/12).
 from app_support.resources import get_model
-from unlearn_core.compare import DEFAULT_COMPARE_SEQ_LEN, DEFAULT_COMPARE_TEXTS, comparison_conditions, perplexity_cell
-from unlearn_core.feature_lists import load_feature_list
-from unlearn_core.interventions import Intervention, LatentSelection
-from unlearn_core.saes import load_sae
-from unlearn_core.texts import load_texts
+from unlearn_core.experiments.compare import DEFAULT_COMPARE_SEQ_LEN, DEFAULT_COMPARE_TEXTS, comparison_conditions, perplexity_cell
+from unlearn_core.forget_set.lists import load_feature_list
+from unlearn_core.ablation.interventions import Intervention, LatentSelection
+from unlearn_core.saes.loading import load_sae
+from unlearn_core.data.texts import load_texts
 lm = get_model("gemma-3-270m-offline", "cpu", "float32")
 fl = load_feature_list(sys.argv[3])
 sel = [LatentSelection(load_sae(e.sae), tuple(e.latent_ids)) for e in fl.saes]

@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
 
-    from unlearn_core.dashboards import DASHBOARD_FILE, Dashboards
-    from unlearn_core.presets import get_preset
+    from unlearn_core.explain.dashboards import DASHBOARD_FILE, Dashboards
+    from unlearn_core.models.presets import get_preset
 
     family = get_preset("gemma-3-270m-offline").family()
     for layer in family.layers:

@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from unlearn_core.errors import UnlearnError
-    from unlearn_core.feature_lists import FeatureList, Latent, SaeEntry, save_feature_list
-    from unlearn_core.presets import get_preset
+    from unlearn_core.forget_set.lists import FeatureList, Latent, SaeEntry, save_feature_list
+    from unlearn_core.models.presets import get_preset
 
     family = get_preset("gemma-3-270m-offline").family()
     entries = [

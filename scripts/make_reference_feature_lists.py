@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from unlearn_core.errors import UnlearnError
-    from unlearn_core.feature_lists import from_reference_study, save_feature_list
+    from unlearn_core.forget_set.lists import from_reference_study, save_feature_list
 
     try:
         lists = from_reference_study(args.seed)

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 
-from unlearn_core.bench import random_jumprelu_sae
-from unlearn_core.models import LoadedModel
-from unlearn_core.presets import get_preset
-from unlearn_core.saes import LoadedSae
+from unlearn_core.experiments.bench import random_jumprelu_sae
+from unlearn_core.models.loading import LoadedModel
+from unlearn_core.models.presets import get_preset
+from unlearn_core.saes.loading import LoadedSae
 
 # Tests never reach the hub: whatever would be downloaded must come from a local stand-in.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -84,6 +84,6 @@ def tiny_lm() -> LoadedModel:
 @pytest.fixture(scope="session")
 def real_lm() -> LoadedModel:
     """The real offline Gemma 3 270M (converted from its PyPI GGUF package on first use, then cached)."""
-    from unlearn_core.models import load_model
+    from unlearn_core.models.loading import load_model
 
     return load_model("gemma-3-270m-offline", device="cpu", dtype="float32")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from unlearn_core.evaluation import generate, perplexity
-from unlearn_core.feature_lists import content_signature, load_feature_list
-from unlearn_core.texts import load_texts
+from unlearn_core.data.texts import load_texts
+from unlearn_core.forget_set.lists import content_signature, load_feature_list
+from unlearn_core.scoring.evaluation import generate, perplexity
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 REPO = APP.parent

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import tiny_sae
 
-from unlearn_core import dashboards as dash
-from unlearn_core.activations import collect_activations
 from unlearn_core.errors import InputError
+from unlearn_core.explain import dashboards as dash
+from unlearn_core.scoring.activations import collect_activations
 
 
 @pytest.fixture(scope="module")

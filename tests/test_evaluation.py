@@ -9,8 +9,10 @@ import pytest
 import torch
 from conftest import tiny_sae
 
+from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervened
+from unlearn_core.data.probes import load_probes
 from unlearn_core.errors import InputError
-from unlearn_core.evaluation import (
+from unlearn_core.scoring.evaluation import (
     Condition,
     build_conditions,
     generate,
@@ -21,8 +23,6 @@ from unlearn_core.evaluation import (
     score_tokens,
     tokenize_with_bos,
 )
-from unlearn_core.interventions import Intervention, LatentSelection, intervened
-from unlearn_core.probes import load_probes
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -175,7 +175,7 @@ def test_long_probe_prompt_keeps_bos_and_scores_the_answer(tiny_lm, tmp_path):
 
 
 def test_long_generation_prompt_keeps_its_end(tiny_lm):
-    from unlearn_core.evaluation import prompt_token_ids
+    from unlearn_core.scoring.evaluation import prompt_token_ids
 
     ids = prompt_token_ids(tiny_lm, "x" * 500 + "END", 10)
     assert ids[0] == tiny_lm.bos_token_id and len(ids) == 10

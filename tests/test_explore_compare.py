@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_model, tiny_sae
-from unlearn_core.compare import (
+from unlearn_core.ablation.interventions import Intervention, LatentSelection
+from unlearn_core.data.texts import TextSet
+from unlearn_core.errors import FeatureListError, InputError
+from unlearn_core.experiments.compare import (
     ALL_LAYERS,
     BASELINE,
     RANDOM_CONTROL,
@@ -23,10 +26,8 @@ from unlearn_core.compare import (
     selectivity,
     text_set_key,
 )
-from unlearn_core.errors import FeatureListError, InputError
-from unlearn_core.evaluation import iter_perplexity, perplexity, tokenize_with_bos
-from unlearn_core.explore import explore, prepare_prompts, split_prompts
-from unlearn_core.feature_lists import (
+from unlearn_core.explain.explore import explore, prepare_prompts, split_prompts
+from unlearn_core.forget_set.lists import (
     add_latents,
     check_model_matches,
     content_signature,
@@ -36,8 +37,7 @@ from unlearn_core.feature_lists import (
     parse_latent_ids,
     remove_latents,
 )
-from unlearn_core.interventions import Intervention, LatentSelection
-from unlearn_core.texts import TextSet
+from unlearn_core.scoring.evaluation import iter_perplexity, perplexity, tokenize_with_bos
 
 PROMPTS = ["Harry waved his wand.", "The Roman Empire fell.", "Bread, milk and eggs."]
 

@@ -1,4 +1,4 @@
-"""Tests for unlearn_core.feature_lists (pure Python, no models)."""
+"""Tests for unlearn_core.forget_set.lists (pure Python, no models)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-import unlearn_core.feature_lists as flm
+import unlearn_core.forget_set.lists as flm
 from unlearn_core.errors import FeatureListError
-from unlearn_core.feature_lists import (
+from unlearn_core.forget_set.lists import (
     FeatureList,
     Latent,
     SaeEntry,

@@ -16,7 +16,7 @@ from standins.fake_hub import FakeHub
 REPO = Path(__file__).resolve().parent.parent
 FOLDER = "google/gemma-scope-2-270m-pt/resid_post/layer_12_width_16k_l0_medium"
 LOAD = (
-    "from unlearn_core.saes import load_sae\n"
+    "from unlearn_core.saes.loading import load_sae\n"
     "from unlearn_core.errors import UnlearnError\n"
     "try:\n"
     "    s = load_sae('gemma-scope-2-270m-pt-res/layer_12_width_16k_l0_medium')\n"

@@ -7,14 +7,14 @@ import json
 import pytest
 from conftest import tiny_sae
 
+from unlearn_core.data.probes import BUILTIN_PROBES, load_probes
+from unlearn_core.data.texts import clean_keywords, hp_keywords, load_texts, split_paragraphs
 from unlearn_core.errors import FeatureListError, InputError, ModelUnavailableError, TextSourceError
-from unlearn_core.feature_lists import Latent, SaeEntry, new_feature_list, save_feature_list
-from unlearn_core.models import describe_hub_error, load_model
-from unlearn_core.pipeline import load_selections, preset_for_feature_list
-from unlearn_core.presets import PRESETS, get_preset, known_model_ids
-from unlearn_core.probes import BUILTIN_PROBES, load_probes
-from unlearn_core.saes import load_sae, resolve_local_path
-from unlearn_core.texts import clean_keywords, hp_keywords, load_texts, split_paragraphs
+from unlearn_core.experiments.evaluate import load_selections, preset_for_feature_list
+from unlearn_core.forget_set.lists import Latent, SaeEntry, new_feature_list, save_feature_list
+from unlearn_core.models.loading import describe_hub_error, load_model
+from unlearn_core.models.presets import PRESETS, get_preset, known_model_ids
+from unlearn_core.saes.loading import load_sae, resolve_local_path
 
 
 def test_builtin_texts_are_the_studys_sets():
@@ -101,7 +101,7 @@ def test_presets_are_data():
 
 
 def test_neuronpedia_ids_come_from_sae_lens_metadata():
-    from unlearn_core.saes import release_neuronpedia_id
+    from unlearn_core.saes.loading import release_neuronpedia_id
 
     assert release_neuronpedia_id("gemma-scope-2-270m-pt-res", "layer_9_width_16k_l0_medium") == (
         "gemma-3-270m/9-gemmascope-2-res-16k"
@@ -213,9 +213,9 @@ def test_local_copy_of_a_gemma_scope_2_folder_loads(tmp_path):
 
 
 def test_sae_that_does_not_fit_the_model_is_refused(tiny_lm):
-    from unlearn_core.bench import random_jumprelu_sae
-    from unlearn_core.interventions import Intervention, LatentSelection
-    from unlearn_core.pipeline import check_selections_fit_model
+    from unlearn_core.ablation.interventions import Intervention, LatentSelection
+    from unlearn_core.experiments.bench import random_jumprelu_sae
+    from unlearn_core.experiments.evaluate import check_selections_fit_model
 
     wrong_width = random_jumprelu_sae(16, 8, "blocks.1.hook_resid_post")
     with pytest.raises(FeatureListError, match="trained on another model"):
@@ -227,7 +227,7 @@ def test_sae_that_does_not_fit_the_model_is_refused(tiny_lm):
 
 
 def test_bad_devices_are_refused():
-    from unlearn_core.models import validate_device
+    from unlearn_core.models.loading import validate_device
 
     assert validate_device("cpu") == "cpu"
     with pytest.raises(ModelUnavailableError, match="unknown device"):

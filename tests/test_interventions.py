@@ -8,8 +8,7 @@ import pytest
 import torch
 from conftest import make_tiny_model, tiny_sae
 
-from unlearn_core.errors import InputError
-from unlearn_core.interventions import (
+from unlearn_core.ablation.interventions import (
     Intervention,
     LatentSelection,
     edit_latents,
@@ -17,6 +16,7 @@ from unlearn_core.interventions import (
     intervened,
     intervention_hooks,
 )
+from unlearn_core.errors import InputError
 
 TOKENS = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46, 47], [1, 50, 60, 70, 80, 90, 100, 110, 120]])
 

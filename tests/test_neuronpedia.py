@@ -12,7 +12,7 @@ import pytest
 from standins.fake_neuronpedia import FakeNeuronpedia, Reply, feature
 
 from unlearn_core.errors import InputError
-from unlearn_core.neuronpedia import (
+from unlearn_core.saes.neuronpedia import (
     API_KEY_ENV,
     BASE_URL_ENV,
     DEFAULT_BASE_URL,

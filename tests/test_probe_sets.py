@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from unlearn_core.probes import BUILTIN_PROBES, load_probes, mentions_harry_potter
-from unlearn_core.texts import DATA_DIR, load_texts, selection_split, split_paragraphs
+from unlearn_core.data.probes import BUILTIN_PROBES, load_probes, mentions_harry_potter
+from unlearn_core.data.texts import DATA_DIR, load_texts, selection_split, split_paragraphs
 
 
 def test_project_cloze_sets_are_large_distinct_and_well_formed():

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearn_core.bench import random_jumprelu_sae
-from unlearn_core.evaluation import Condition, generate, perplexity, perplexity_one_at_a_time
-from unlearn_core.feature_lists import Latent, SaeEntry, new_feature_list, save_feature_list
-from unlearn_core.interventions import Intervention, LatentSelection, intervened
-from unlearn_core.pipeline import EvaluationConfig, run_evaluation
-from unlearn_core.texts import load_texts
+from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervened
+from unlearn_core.data.texts import load_texts
+from unlearn_core.experiments.bench import random_jumprelu_sae
+from unlearn_core.experiments.evaluate import EvaluationConfig, run_evaluation
+from unlearn_core.forget_set.lists import Latent, SaeEntry, new_feature_list, save_feature_list
+from unlearn_core.scoring.evaluation import Condition, generate, perplexity, perplexity_one_at_a_time
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
 
 def test_cached_transformer_lens_weights_reproduce_the_reference_conversion(real_lm):
     """Later starts rebuild the model from cached TransformerLens weights; it must equal the slow HF -> TL path."""
-    from unlearn_core.models import load_model, offline_checkpoint, wrap_offline_checkpoint
+    from unlearn_core.models.loading import load_model, offline_checkpoint, wrap_offline_checkpoint
 
     fast = load_model("gemma-3-270m-offline", device="cpu", dtype="float32")  # the cache exists after real_lm
     reference = wrap_offline_checkpoint(offline_checkpoint(), real_lm.tokenizer, "google/gemma-3-270m")
@@ -134,7 +134,7 @@ def test_cached_tokenizer_and_weight_layout_match_the_reference(real_lm):
     """The pickled tokenizer encodes like a freshly built one; transposed storage keeps values and shapes."""
     from transformers import AutoTokenizer
 
-    from unlearn_core.models import offline_checkpoint
+    from unlearn_core.models.loading import offline_checkpoint
 
     fresh = AutoTokenizer.from_pretrained(str(offline_checkpoint()), add_bos_token=True)
     text = "Harry Potter's wand — 魔法 \n\n Hogwarts, 1997."
@@ -150,10 +150,10 @@ def test_two_app_sessions_on_the_shared_model_do_not_leak(real_lm):
     each gets exactly what it gets alone (perplexity after every batch, and a greedy generation)."""
     import threading
 
-    from unlearn_core.compare import comparison_conditions, generation_cell, perplexity_cell
-    from unlearn_core.interventions import Intervention, LatentSelection
-    from unlearn_core.saes import load_sae
-    from unlearn_core.texts import TextSet, load_texts
+    from unlearn_core.ablation.interventions import Intervention, LatentSelection
+    from unlearn_core.data.texts import TextSet, load_texts
+    from unlearn_core.experiments.compare import comparison_conditions, generation_cell, perplexity_cell
+    from unlearn_core.saes.loading import load_sae
 
     saes = [load_sae(f"saes/gemma-3-270m/layer_{layer}_width_4k") for layer in (5, 9, 12)]
     conds = comparison_conditions([LatentSelection(s, tuple(range(0, 4096, 9))) for s in saes],

@@ -10,15 +10,15 @@ import torch
 from conftest import ByteTokenizer
 from sae_lens import SAE
 
-from unlearn_core import sae_training
-from unlearn_core.activation_cache import ActivationCache, build_activation_cache
-from unlearn_core.activations import collect_activations
-from unlearn_core.dashboards import Dashboards
 from unlearn_core.errors import InputError
-from unlearn_core.sae_build import SaeBuildConfig, build_saes
-from unlearn_core.sae_release import QUALITY_FILE, meets_targets, ship_sae
-from unlearn_core.sae_training import SaeTrainingConfig, train_sae
-from unlearn_core.training_corpus import DEFAULT_DATA_DIR, build_training_corpus, strip_gutenberg_boilerplate
+from unlearn_core.explain.dashboards import Dashboards
+from unlearn_core.scoring.activations import collect_activations
+from unlearn_core.training import trainer as sae_training
+from unlearn_core.training.activation_cache import ActivationCache, build_activation_cache
+from unlearn_core.training.build import SaeBuildConfig, build_saes
+from unlearn_core.training.corpus import DEFAULT_DATA_DIR, build_training_corpus, strip_gutenberg_boilerplate
+from unlearn_core.training.release import QUALITY_FILE, meets_targets, ship_sae
+from unlearn_core.training.trainer import SaeTrainingConfig, train_sae
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
 
@@ -85,7 +85,7 @@ def test_activation_cache_matches_a_direct_pass_and_resumes(tiny_lm, tmp_path):
 
 
 def test_bfloat16_storage_keeps_massive_activations_that_float16_would_clip():
-    from unlearn_core.activation_cache import CachedActivations, _to_storage_bits
+    from unlearn_core.training.activation_cache import CachedActivations, _to_storage_bits
 
     acts = torch.tensor([[1.0e5, -3.0, 0.125], [2.5, 7.0e4, -1.0e-3]])
     for dtype, tol in (("bfloat16", 4e-3), ("float16", 1e-3)):

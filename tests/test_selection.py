@@ -10,16 +10,11 @@ import pytest
 import torch
 
 from tests.conftest import tiny_sae
-from unlearn_core.autoselect import SelectConfig, intervention_from_dict, suggest, suggested_feature_list
+from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervened
 from unlearn_core.errors import InputError
-from unlearn_core.evaluation import Condition, random_selections, tokenize_with_bos
-from unlearn_core.feature_lists import load_feature_list, save_feature_list
-from unlearn_core.interventions import Intervention, LatentSelection, intervened
-from unlearn_core.latent_stats import LatentStats, cached_latent_stats, compute_latent_stats, stats_sequences
-from unlearn_core.pipeline import EvaluationConfig, reference_activations, resolve_intervention
-from unlearn_core.report import evaluation_headline, evaluation_markdown, sweep_markdown, targets_met
-from unlearn_core.selection import latent_scores, select_latents
-from unlearn_core.sweep import (
+from unlearn_core.experiments.evaluate import EvaluationConfig, reference_activations, resolve_intervention
+from unlearn_core.experiments.report import evaluation_headline, evaluation_markdown, sweep_markdown, targets_met
+from unlearn_core.experiments.sweep import (
     SweepConfig,
     forget_score,
     pareto_front,
@@ -28,6 +23,11 @@ from unlearn_core.sweep import (
     run_sweep,
     selectivity,
 )
+from unlearn_core.forget_set.lists import load_feature_list, save_feature_list
+from unlearn_core.scoring.evaluation import Condition, random_selections, tokenize_with_bos
+from unlearn_core.selection.rules import latent_scores, select_latents
+from unlearn_core.selection.stats import LatentStats, cached_latent_stats, compute_latent_stats, stats_sequences
+from unlearn_core.selection.suggest import SelectConfig, intervention_from_dict, suggest, suggested_feature_list
 
 FORGET = [f"The wizard {n} cast a spell at the castle of {n}." for n in ("Zed", "Quill", "Vex", "Jax", "Kip", "Wyn")]
 RETAIN = [f"The farmer {n} planted corn near the river in {n}." for n in ("Ann", "Bob", "Cal", "Dee", "Eve", "Fay")]
@@ -83,7 +83,7 @@ def test_stats_sequences_window_long_texts_and_stop_at_the_budget(tiny_lm):
 
 
 def test_stats_cache_is_reused_and_keyed_by_text_and_weights(tiny_lm, tmp_path, monkeypatch):
-    import unlearn_core.latent_stats as ls
+    import unlearn_core.selection.stats as ls
 
     sae = tiny_sae(layer=1, seed=3)
     seqs = tokenize_with_bos(tiny_lm, FORGET, 40)
@@ -308,7 +308,7 @@ def test_sweep_on_a_tiny_model(tiny_lm, tmp_path, monkeypatch):
     json.dumps(result)  # JSON-ready
     md = sweep_markdown(result, "python -m unlearn_core sweep --x")
     assert "Best point within budget" in md and "random_control" in md and "--x" in md
-    from unlearn_core.sweep_plot import pareto_figure
+    from unlearn_core.experiments.plots import pareto_figure
 
     fig = pareto_figure(result)
     assert any(t.name == "Pareto front" for t in fig.data)
@@ -350,7 +350,7 @@ def test_evaluation_report_has_headline_and_command():
 
 
 def test_sweep_files_are_validated_before_plotting():
-    from unlearn_core.sweep_plot import parse_sweep
+    from unlearn_core.experiments.plots import parse_sweep
 
     for raw, reason in ((b"\xff\xfe", "not JSON"), (b"[1, 2]", "not a sweep result"), (b'{"points": 1}', "not a sweep"),
                         (b'{"baseline": {}, "settings": {}, "points": [{"label": "x"}]}', "'points' must be"),

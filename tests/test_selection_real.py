@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from unlearn_core.cli import main
-from unlearn_core.feature_lists import load_feature_list
+from unlearn_core.forget_set.lists import load_feature_list
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 LAYERS = (5, 9, 12)  # the app's default layers: the CLI tests reuse the statistics the app test computes

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from unlearn_core.dashboards import AUTO_LABEL_PREFIX, dashboards_for
-from unlearn_core.presets import REPO_ROOT, get_preset
-from unlearn_core.sae_quality import measure_quality
-from unlearn_core.sae_release import SHIPPED_SAES_DIR, folder_bytes, shipped_sae_folders
-from unlearn_core.saes import load_sae
-from unlearn_core.texts import load_texts
+from unlearn_core.data.texts import load_texts
+from unlearn_core.explain.dashboards import AUTO_LABEL_PREFIX, dashboards_for
+from unlearn_core.models.presets import REPO_ROOT, get_preset
+from unlearn_core.saes.loading import load_sae
+from unlearn_core.training.quality import measure_quality
+from unlearn_core.training.release import SHIPPED_SAES_DIR, folder_bytes, shipped_sae_folders
 
 FAMILY = get_preset("gemma-3-270m-offline").family()
 
@@ -76,8 +76,8 @@ def test_shipped_dashboards_describe_live_latents(real_lm):
 
 
 def test_the_example_harry_potter_list_names_live_latents_of_the_bundled_saes():
-    from unlearn_core.dashboards import Dashboards
-    from unlearn_core.feature_lists import check_latents_fit, load_feature_list
+    from unlearn_core.explain.dashboards import Dashboards
+    from unlearn_core.forget_set.lists import check_latents_fit, load_feature_list
 
     fl = load_feature_list(REPO_ROOT / "feature_lists" / "example_gemma-3-270m-offline_harry-potter.json")
     assert fl.model == "google/gemma-3-270m" and fl.total_latents >= 10

@@ -8,12 +8,12 @@ import pytest
 from sae_lens import SAE
 
 from unlearn_core import cli
-from unlearn_core.dashboards import Dashboards
+from unlearn_core.explain.dashboards import Dashboards
 
 
 @pytest.mark.integration
 def test_train_sae_smoke_run_ships_loadable_saes_with_cards(real_lm, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("unlearn_core.sae_build.load_model", lambda *a, **k: real_lm)
+    monkeypatch.setattr("unlearn_core.training.build.load_model", lambda *a, **k: real_lm)
     argv = ["train-sae", "--layers", "5", "9", "--tokens", "3000", "--context", "64", "--width", "256", "--k", "16",
             "--epochs", "2", "--batch-size", "256", "--warm-up-steps", "2", "--out", str(tmp_path / "saes"),
             "--work-dir", str(tmp_path / "work"), "--quality-tokens", "300", "--ce-tokens", "120"]

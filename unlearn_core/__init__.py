@@ -4,13 +4,13 @@ Pipeline (each a module; arrows point down):
 presets/models/saes -> interventions -> evaluation -> pipeline -> cli. No UI code lives here.
 """
 
-from .errors import FeatureListError, InputError, ModelUnavailableError, TextSourceError, UnlearnError
-from .evaluation import Condition, build_conditions, generate, perplexity, probe_scores
-from .feature_lists import FeatureList, load_feature_list, save_feature_list
-from .interventions import Intervention, LatentSelection, intervened, intervention_hooks
-from .models import LoadedModel, load_model
-from .presets import DEFAULT_PRESET, PRESETS, get_preset
-from .saes import LoadedSae, load_sae
+from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervened, intervention_hooks
+from unlearn_core.errors import FeatureListError, InputError, ModelUnavailableError, TextSourceError, UnlearnError
+from unlearn_core.forget_set.lists import FeatureList, load_feature_list, save_feature_list
+from unlearn_core.models.loading import LoadedModel, load_model
+from unlearn_core.models.presets import DEFAULT_PRESET, PRESETS, get_preset
+from unlearn_core.saes.loading import LoadedSae, load_sae
+from unlearn_core.scoring.evaluation import Condition, build_conditions, generate, perplexity, probe_scores
 
 __all__ = [
     "DEFAULT_PRESET",

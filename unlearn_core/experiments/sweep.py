@@ -1,0 +1,311 @@
+"""Sweeps over forget-set size x intervention x layers, and the forget/retain trade-off they trace.
+
+Each point edits the top ``n`` latents (per SAE, from one selection rule) of the chosen layers with one
+intervention and measures, against the shared baseline:
+
+* forget: perplexity on held-out forget text (``hp-fanwiki``) and top-1 accuracy on forget probes (``hp-cloze``);
+* retain: perplexity on retain text (``wikitext2``) and top-1 accuracy on retain probes (``general-cloze``).
+
+The *best* point is the one with the largest forget score among points within the retain budget (default:
+retain perplexity +10% and retain probe top-1 -5% relative at most). The forget score adds the two forget effects,
+each measured against its headline target, so 1.0 on each means "target met":
+``ln(PPL ratio) / ln 2 + (relative top-1 drop) / 0.5``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from unlearn_core.ablation.interventions import Intervention, LatentSelection
+from unlearn_core.data.probes import load_probes
+from unlearn_core.data.texts import load_texts
+from unlearn_core.errors import InputError
+from unlearn_core.models.loading import LoadedModel
+from unlearn_core.saes.loading import LoadedSae
+from unlearn_core.scoring.evaluation import DEFAULT_BATCH_TOKENS, Condition, perplexity, probe_scores, random_selections
+from unlearn_core.selection.rules import ScoredLatent
+
+DEFAULT_NS: tuple[int, ...] = (10, 20, 40)
+DEFAULT_INTERVENTIONS: tuple[str, ...] = ("zero", "clamp:2x", "clamp:4x", "clamp:8x")
+DEFAULT_LAYER_SETS: tuple[str, ...] = ("all",)
+DEFAULT_RETAIN_PPL_BUDGET = 0.10
+DEFAULT_RETAIN_PROBE_BUDGET = 0.05
+StageProgressFn = Callable[[str, int, int], None]
+
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_INTERVENTION_RE = re.compile(rf"^(zero|replace|clamp:({_NUMBER})(x?)|scale:({_NUMBER}))$")
+
+
+def parse_intervention(spec: str) -> Intervention:
+    """``zero`` | ``clamp:C`` (active latents -> -C) | ``clamp:Cx`` (-> -C x their mean activation on forget
+    text) | ``scale:S`` | ``replace`` (the study's recipe: zero, no error term, at resid_pre)."""
+    spec = spec.strip()
+    match = _INTERVENTION_RE.match(spec)
+    if match is None:
+        raise InputError(f"cannot read intervention {spec!r}; use zero, clamp:10, clamp:4x, scale:0.5 or replace")
+    if spec == "zero":
+        return Intervention("zero")
+    if spec == "replace":
+        return Intervention("replace", hook_site="resid_pre")
+    if match.group(2) is not None:
+        return Intervention("clamp", float(match.group(2)), relative=bool(match.group(3)))
+    return Intervention("scale", float(match.group(4)))
+
+
+def intervention_spec(intervention: Intervention) -> str:
+    """The inverse of :func:`parse_intervention`."""
+    if intervention.mode == "clamp":
+        return f"clamp:{intervention.strength:g}{'x' if intervention.relative else ''}"
+    if intervention.mode == "scale":
+        return f"scale:{intervention.strength:g}"
+    return intervention.mode
+
+
+def parse_layer_set(spec: str, available: Sequence[int]) -> tuple[int, ...]:
+    """``all`` or layers joined by ``+`` (``9+12``), each one of ``available``."""
+    if spec.strip() == "all":
+        return tuple(sorted(available))
+    try:
+        layers = tuple(sorted({int(part) for part in spec.split("+")}))
+    except ValueError:
+        raise InputError(f"cannot read layer set {spec!r}; use all, 12 or 9+12") from None
+    missing = [layer for layer in layers if layer not in available]
+    if missing:
+        raise InputError(f"no SAE at layer(s) {missing}; available: {sorted(available)}")
+    return layers
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One forget set (top ``n`` per SAE at ``layers``) under one intervention."""
+
+    n: int
+    intervention: str
+    layers: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return f"n={self.n} {self.intervention} L{'+'.join(map(str, self.layers))}"
+
+
+@dataclass
+class SweepConfig:
+    """What to sweep and how to measure it."""
+
+    ns: Sequence[int] = DEFAULT_NS
+    interventions: Sequence[str] = DEFAULT_INTERVENTIONS
+    layer_sets: Sequence[str] = DEFAULT_LAYER_SETS
+    forget_texts: str = "hp-fanwiki"
+    retain_texts: str = "wikitext2"
+    forget_probes: str = "hp-cloze"
+    retain_probes: str = "general-cloze"
+    max_forget_texts: int | None = 40
+    max_retain_texts: int | None = 80
+    max_seq_len: int = 256
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    retain_ppl_budget: float = DEFAULT_RETAIN_PPL_BUDGET
+    retain_probe_budget: float = DEFAULT_RETAIN_PROBE_BUDGET
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    forget_ppl: float
+    retain_ppl: float
+    forget_top1: float
+    retain_top1: float
+
+
+def headline(base: Measurement, point: Measurement) -> dict[str, float]:
+    """Ratios and relative changes of a point against the baseline, plus selectivity and the forget score."""
+    forget_ratio = point.forget_ppl / base.forget_ppl
+    retain_ratio = point.retain_ppl / base.retain_ppl
+    return {
+        "forget_ppl_ratio": forget_ratio,
+        "retain_ppl_ratio": retain_ratio,
+        "forget_top1_change": _relative(point.forget_top1, base.forget_top1),
+        "retain_top1_change": _relative(point.retain_top1, base.retain_top1),
+        "selectivity": selectivity(forget_ratio, retain_ratio),
+        "forget_score": forget_score(forget_ratio, _relative(point.forget_top1, base.forget_top1)),
+    }
+
+
+def selectivity(forget_ratio: float, retain_ratio: float) -> float | None:
+    """ln(forget PPL ratio) / ln(retain PPL ratio); None when retain perplexity did not rise (unbounded)."""
+    if retain_ratio <= 1.0 or forget_ratio <= 0:
+        return None
+    return math.log(forget_ratio) / math.log(retain_ratio)
+
+
+def forget_score(forget_ppl_ratio: float, forget_top1_change: float) -> float:
+    """``ln(PPL ratio)/ln 2 + drop/0.5``: each term is 1.0 at its headline target (2x perplexity, -50% top-1)."""
+    return math.log(forget_ppl_ratio) / math.log(2) + (-forget_top1_change) / 0.5
+
+
+def describe_headline(h: dict[str, Any]) -> str:
+    sel = h["selectivity"]
+    return (f"HP PPL x{h['forget_ppl_ratio']:.3f}, Wiki PPL x{h['retain_ppl_ratio']:.4f}, selectivity "
+            f"{'n/a' if sel is None else f'{sel:.1f}'}, HP cloze {h['forget_top1_change']:+.1%}, general cloze "
+            f"{h['retain_top1_change']:+.1%}")
+
+
+def within_budget(h: dict[str, float], config: SweepConfig) -> bool:
+    return h["retain_ppl_ratio"] <= 1 + config.retain_ppl_budget and h["retain_top1_change"] >= -config.retain_probe_budget
+
+
+def _relative(value: float, base: float) -> float:
+    return (value - base) / base if base else 0.0
+
+
+def point_selections(
+    saes: Sequence[LoadedSae], ranked: dict[str, list[ScoredLatent]], point: SweepPoint
+) -> tuple[LatentSelection, ...]:
+    """The top ``point.n`` latents of each SAE at ``point.layers``, with their reference activations."""
+    out = []
+    for sae in saes:
+        if sae.layer not in point.layers:
+            continue
+        chosen = ranked.get(sae.ref, [])[: point.n]
+        if chosen:
+            out.append(LatentSelection(sae, tuple(c.id for c in chosen), tuple(c.forget_mean_act for c in chosen)))
+    return tuple(out)
+
+
+class Measurer:
+    """Measures conditions on fixed text and probe sets (loaded once)."""
+
+    def __init__(self, lm: LoadedModel, config: SweepConfig) -> None:
+        self.lm = lm
+        self.config = config
+        self.forget_texts = load_texts(config.forget_texts, config.max_forget_texts).texts
+        self.retain_texts = load_texts(config.retain_texts, config.max_retain_texts).texts
+        self.forget_probes = load_probes(config.forget_probes)
+        self.retain_probes = load_probes(config.retain_probes)
+
+    def measure(self, condition: Condition, progress: StageProgressFn | None = None) -> Measurement:
+        hooks = condition.hooks()
+        c = self.config
+
+        def stage(name: str) -> Callable[[int, int], None] | None:
+            if progress is None:
+                return None
+            return lambda done, total: progress(f"{condition.name} / {name}", done, total)
+
+        forget_ppl = perplexity(self.lm, self.forget_texts, hooks, c.max_seq_len, c.batch_tokens, stage(c.forget_texts))
+        retain_ppl = perplexity(self.lm, self.retain_texts, hooks, c.max_seq_len, c.batch_tokens, stage(c.retain_texts))
+        forget_pr = probe_scores(self.lm, self.forget_probes, hooks, batch_tokens=c.batch_tokens, progress=stage(c.forget_probes))
+        retain_pr = probe_scores(self.lm, self.retain_probes, hooks, batch_tokens=c.batch_tokens, progress=stage(c.retain_probes))
+        return Measurement(forget_ppl.perplexity, retain_ppl.perplexity, forget_pr.top1, retain_pr.top1)
+
+
+def sweep_points(config: SweepConfig, available_layers: Sequence[int]) -> list[SweepPoint]:
+    if not config.ns or any(n < 1 for n in config.ns):
+        raise InputError("latent counts must be >= 1")
+    for spec in config.interventions:
+        parse_intervention(spec)
+    layer_sets = [parse_layer_set(s, available_layers) for s in config.layer_sets]
+    return [
+        SweepPoint(n, spec, layers)
+        for layers in dict.fromkeys(layer_sets)
+        for spec in config.interventions
+        for n in sorted(set(config.ns))
+    ]
+
+
+def run_sweep(
+    lm: LoadedModel,
+    saes: Sequence[LoadedSae],
+    ranked: dict[str, list[ScoredLatent]],
+    config: SweepConfig,
+    progress: StageProgressFn | None = None,
+    status: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every point, then for the best point: a random control (as many random latents per SAE, same
+    intervention), plain zero-ablation of its latents, and the study's recipe on its latents.
+
+    Returns a JSON-ready dict: ``baseline``, ``points`` (each with its measurement and :func:`headline`),
+    ``best`` (index or None), ``pareto`` (indices), ``controls`` and ``settings``.
+    """
+    started = time.perf_counter()
+    points = sweep_points(config, [s.layer for s in saes])
+    measurer = Measurer(lm, config)
+    if status:
+        status("baseline")
+    base = measurer.measure(Condition("baseline"), progress)
+    rows: list[dict[str, Any]] = []
+    for i, point in enumerate(points):
+        if status:
+            status(f"point {i + 1}/{len(points)}: {point.label}")
+        selections = point_selections(saes, ranked, point)
+        if not selections:
+            continue
+        cond = Condition(point.label, selections, parse_intervention(point.intervention))
+        m = measurer.measure(cond, progress)
+        h = headline(base, m)
+        if status:
+            status(f"  {point.label}: {describe_headline(h)}")
+        rows.append({
+            **asdict(point),
+            "label": point.label,
+            "n_latents": cond.n_latents,
+            "measurement": asdict(m),
+            **h,
+            "within_budget": within_budget(h, config),
+        })
+    best = best_index(rows)
+    controls: dict[str, Any] = {}
+    if best is not None:
+        point = SweepPoint(rows[best]["n"], rows[best]["intervention"], tuple(rows[best]["layers"]))
+        selections = point_selections(saes, ranked, point)
+        intervention = parse_intervention(point.intervention)
+        for name, cond in (
+            ("random_control", Condition("random_control", random_selections(selections, config.seed), intervention)),
+            ("zero_ablation", Condition("zero_ablation", selections, Intervention("zero"))),
+            ("study_recipe", Condition("study_recipe", selections, Intervention("replace", hook_site="resid_pre"))),
+        ):
+            if status:
+                status(f"{name} for the best point")
+            m = measurer.measure(cond, progress)
+            controls[name] = {"measurement": asdict(m), **headline(base, m)}
+    return {
+        "baseline": asdict(base),
+        "points": rows,
+        "best": best,
+        "pareto": pareto_front(rows),
+        "controls": controls,
+        "settings": {**asdict(config), "ns": list(config.ns), "interventions": list(config.interventions),
+                     "layer_sets": list(config.layer_sets), "model": lm.preset.model_id, "preset": lm.preset.name,
+                     "saes": [s.ref for s in saes]},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def best_index(rows: Sequence[dict[str, Any]]) -> int | None:
+    """The point with the largest forget score within the retain budget (None if no point is within it)."""
+    inside = [i for i, r in enumerate(rows) if r["within_budget"]]
+    if not inside:
+        return None
+    return max(inside, key=lambda i: (rows[i]["forget_score"], -rows[i]["retain_ppl_ratio"]))
+
+
+def pareto_front(rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Points no other point beats on both axes: higher forget score and lower retain perplexity ratio.
+
+    Returned in order of increasing retain cost.
+    """
+    front = []
+    for i, r in enumerate(rows):
+        dominated = any(
+            o["forget_score"] >= r["forget_score"] and o["retain_ppl_ratio"] <= r["retain_ppl_ratio"]
+            and (o["forget_score"] > r["forget_score"] or o["retain_ppl_ratio"] < r["retain_ppl_ratio"])
+            for j, o in enumerate(rows) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: rows[i]["retain_ppl_ratio"])
