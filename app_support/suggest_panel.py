@@ -6,6 +6,7 @@ from typing import Any
 
 import streamlit as st
 
+from unlearn_core.ablation.interventions import Intervention
 from unlearn_core.data.texts import BUILTIN_TEXTS, selection_split, texts_from_bytes
 from unlearn_core.errors import UnlearnError
 from unlearn_core.forget_set.lists import check_model_matches
@@ -14,8 +15,6 @@ from unlearn_core.selection.stats import DEFAULT_STATS_TOKENS
 from unlearn_core.selection.suggest import (
     DEFAULT_INTERVENTION,
     SelectConfig,
-    intervention_from_dict,
-    intervention_to_dict,
     suggest,
 )
 
@@ -84,14 +83,14 @@ def render(ws: state.Workspace) -> None:
     if st.button("Suggest latents", type="primary", disabled=not ws.layers or waiting):
         _run(ws, SelectConfig(forget=forget_name, retain=retain_name, method=method, top=top, stats_tokens=tokens),
              forget_texts, retain_texts)
-    recommended, source = intervention_to_dict(DEFAULT_INTERVENTION), "the best point of the committed sweep"
+    recommended, source = DEFAULT_INTERVENTION.to_dict(), "the best point of the committed sweep"
     listed = state.forget_set().extra.get("intervention")
     if listed is not None:
         try:
-            recommended, source = intervention_to_dict(intervention_from_dict(listed, "this list")), "this list"
+            recommended, source = Intervention.from_dict(listed, "this list").to_dict(), "this list"
         except UnlearnError as exc:
             st.warning(f"This list's recommended intervention is unusable: {exc}")
-    st.caption(f"Recommended intervention: {intervention_from_dict(recommended, 'recommended').describe()} "
+    st.caption(f"Recommended intervention: {Intervention.from_dict(recommended, 'recommended').describe()} "
                f"(from {source}; docs/selection.md).")
     st.button("Use the recommended intervention", on_click=use_recommended_intervention, args=(recommended,),
               key="suggest_use_recommended")
@@ -138,7 +137,7 @@ def _run(ws: state.Workspace, config: SelectConfig, forget_texts: tuple[str, ...
             if lat.id in by_id:
                 lat.extra["stats"] = by_id[lat.id].stats()
         total += len(added)
-    fl.extra.setdefault("intervention", intervention_to_dict(DEFAULT_INTERVENTION))
+    fl.extra.setdefault("intervention", DEFAULT_INTERVENTION.to_dict())
     fl.extra["selection"] = {"method": config.method, "forget": config.forget, "retain": config.retain,
                              "top": config.top, "stats_tokens": config.stats_tokens}
     state.bump_version()

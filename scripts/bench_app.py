@@ -46,7 +46,12 @@ for i in range(4):
 # Compare with the page's defaults: time to the first number (first batch) and to the full cell, baseline and
 # ablated (the bundled example forget set at layers 5/9/12).
 from app_support.resources import get_model
-from unlearn_core.experiments.compare import DEFAULT_COMPARE_SEQ_LEN, DEFAULT_COMPARE_TEXTS, comparison_conditions, perplexity_cell
+from unlearn_core.experiments.compare import (
+    DEFAULT_COMPARE_SEQ_LEN,
+    DEFAULT_COMPARE_TEXTS,
+    comparison_conditions,
+    perplexity_cell,
+)
 from unlearn_core.forget_set.lists import load_feature_list
 from unlearn_core.ablation.interventions import Intervention, LatentSelection
 from unlearn_core.saes.loading import load_sae

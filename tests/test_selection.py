@@ -18,7 +18,6 @@ from unlearn_core.experiments.sweep import (
     SweepConfig,
     forget_score,
     pareto_front,
-    parse_intervention,
     parse_layer_set,
     run_sweep,
     selectivity,
@@ -27,7 +26,7 @@ from unlearn_core.forget_set.lists import load_feature_list, save_feature_list
 from unlearn_core.scoring.evaluation import Condition, random_selections, tokenize_with_bos
 from unlearn_core.selection.rules import latent_scores, select_latents
 from unlearn_core.selection.stats import LatentStats, cached_latent_stats, compute_latent_stats, stats_sequences
-from unlearn_core.selection.suggest import SelectConfig, intervention_from_dict, suggest, suggested_feature_list
+from unlearn_core.selection.suggest import SelectConfig, suggest, suggested_feature_list
 
 FORGET = [f"The wizard {n} cast a spell at the castle of {n}." for n in ("Zed", "Quill", "Vex", "Jax", "Kip", "Wyn")]
 RETAIN = [f"The farmer {n} planted corn near the river in {n}." for n in ("Ann", "Bob", "Cal", "Dee", "Eve", "Fay")]
@@ -228,9 +227,9 @@ def test_suggested_list_round_trips_with_stats_and_intervention(tiny_lm, tmp_pat
     with pytest.raises(InputError, match="--value needs --mode"):
         resolve_intervention(EvaluationConfig(forget_set=str(path), value=3.0), loaded)
     with pytest.raises(InputError):
-        intervention_from_dict({"mode": "clamp", "value": "big"}, "x")
+        Intervention.from_dict({"mode": "clamp", "value": "big"}, "x")
     with pytest.raises(InputError):
-        intervention_from_dict({"mode": "melt"}, "x")
+        Intervention.from_dict({"mode": "melt"}, "x")
 
 
 def test_selection_refuses_when_nothing_qualifies(tiny_lm, tmp_path, monkeypatch):
@@ -247,14 +246,14 @@ def test_selection_refuses_when_nothing_qualifies(tiny_lm, tmp_path, monkeypatch
 
 
 def test_intervention_and_layer_specs():
-    assert parse_intervention("clamp:4x") == Intervention("clamp", 4.0, relative=True)
-    assert parse_intervention("clamp:10") == Intervention("clamp", 10.0)
-    assert parse_intervention("replace") == Intervention("replace", hook_site="resid_pre")
-    assert parse_intervention(" zero ") == Intervention("zero")
-    assert parse_intervention("clamp:.5x") == Intervention("clamp", 0.5, relative=True)
+    assert Intervention.from_spec("clamp:4x") == Intervention("clamp", 4.0, relative=True)
+    assert Intervention.from_spec("clamp:10") == Intervention("clamp", 10.0)
+    assert Intervention.from_spec("replace") == Intervention("replace", hook_site="resid_pre")
+    assert Intervention.from_spec(" zero ") == Intervention("zero")
+    assert Intervention.from_spec("clamp:.5x") == Intervention("clamp", 0.5, relative=True)
     for bad in ("clamp", "clamp:-1", "melt", "clamp:2y", "clamp:.", "scale:1.2.3", "clamp:"):
         with pytest.raises(InputError):
-            parse_intervention(bad)
+            Intervention.from_spec(bad)
     assert parse_layer_set("all", [12, 5]) == (5, 12)
     assert parse_layer_set("12+5", [5, 12]) == (5, 12)
     with pytest.raises(InputError):

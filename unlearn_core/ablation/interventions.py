@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,6 +33,11 @@ Hook = tuple[str, Callable[..., torch.Tensor]]
 MODES: tuple[str, ...] = ("zero", "clamp", "scale", "replace")
 DEFAULT_VALUES = {"zero": 0.0, "clamp": 10.0, "scale": 0.0, "replace": 0.0}
 """Default strength per mode: clamp sets active latents to -value; scale multiplies by value."""
+HOOK_SITES: tuple[str, ...] = ("trained", "resid_pre")
+
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_SPEC_RE = re.compile(rf"^(zero|replace|clamp:({_NUMBER})(x?)|scale:({_NUMBER}))$")
+_DICT_KEYS = frozenset({"mode", "value", "relative", "hook_site"})
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class Intervention:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"unknown intervention mode {self.mode!r}; choose one of {list(MODES)}")
-        if self.hook_site not in ("trained", "resid_pre"):
+        if self.hook_site not in HOOK_SITES:
             raise InputError(f"unknown hook site {self.hook_site!r}; choose 'trained' or 'resid_pre'")
         if self.value is not None:
             if self.mode in ("zero", "replace"):
@@ -67,6 +73,60 @@ class Intervention:
     @property
     def strength(self) -> float:
         return DEFAULT_VALUES[self.mode] if self.value is None else float(self.value)
+
+    # ---- conversions: the one place an intervention is read from or written to text, JSON and specs
+
+    @classmethod
+    def from_spec(cls, spec: str) -> Intervention:
+        """``zero`` | ``clamp:C`` (active latents -> -C) | ``clamp:Cx`` (-> -C x their mean activation on forget
+        text) | ``scale:S`` | ``replace`` (the study's recipe: zero, no error term, at resid_pre)."""
+        spec = spec.strip()
+        match = _SPEC_RE.match(spec)
+        if match is None:
+            raise InputError(f"cannot read intervention {spec!r}; use zero, clamp:10, clamp:4x, scale:0.5 or replace")
+        if spec == "zero":
+            return cls("zero")
+        if spec == "replace":
+            return cls("replace", hook_site="resid_pre")
+        if match.group(2) is not None:
+            return cls("clamp", float(match.group(2)), relative=bool(match.group(3)))
+        return cls("scale", float(match.group(4)))
+
+    def to_spec(self) -> str:
+        """The inverse of :meth:`from_spec` (the hook site is implied: ``replace`` means the study's recipe)."""
+        if self.mode == "clamp":
+            return f"clamp:{self.strength:g}{'x' if self.relative else ''}"
+        if self.mode == "scale":
+            return f"scale:{self.strength:g}"
+        return self.mode
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``"intervention"`` object of a feature list (see docs/feature-lists.md)."""
+        return {"mode": self.mode, "value": self.value, "relative": self.relative, "hook_site": self.hook_site}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "intervention") -> Intervention:
+        """Read and validate an ``"intervention"`` object; errors name ``source``."""
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: 'intervention' must be an object like {{\"mode\": \"clamp\", \"value\": 4}}")
+        unknown = set(data) - _DICT_KEYS
+        if unknown:
+            raise InputError(f"{source}: unknown intervention field(s) {sorted(unknown)}")
+        value = data.get("value")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InputError(f"{source}: intervention value must be a number")
+        relative = data.get("relative", False)
+        if not isinstance(relative, bool):
+            raise InputError(f"{source}: intervention 'relative' must be true or false")
+        try:
+            return cls(
+                mode=data.get("mode", "zero"),
+                value=None if value is None else float(value),
+                relative=relative,
+                hook_site=data.get("hook_site", "trained"),
+            )
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
 
     @property
     def keeps_error_term(self) -> bool:

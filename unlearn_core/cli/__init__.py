@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from unlearn_core.ablation.interventions import MODES
+from unlearn_core.ablation.interventions import MODES, Intervention
 from unlearn_core.errors import InputError, UnlearnError
 from unlearn_core.experiments.evaluate import (
     DEFAULT_PROBES,
@@ -290,7 +290,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _selection_setup(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
     """Model, SAEs and selection config shared by ``select`` and ``sweep``."""
-    from unlearn_core.experiments.sweep import parse_intervention
     from unlearn_core.models.loading import load_model
     from unlearn_core.models.presets import get_preset
     from unlearn_core.selection.suggest import DEFAULT_INTERVENTION, SelectConfig, default_sae_refs, load_saes
@@ -300,7 +299,7 @@ def _selection_setup(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
     config = SelectConfig(
         forget=args.forget, retain=args.retain, method=args.method, top=getattr(args, "top", DEFAULT_TOP),
         retain_threshold=args.retain_threshold, min_forget_freq=args.min_forget_freq, stats_tokens=args.stats_tokens,
-        intervention=parse_intervention(intervention_spec) if intervention_spec else DEFAULT_INTERVENTION,
+        intervention=Intervention.from_spec(intervention_spec) if intervention_spec else DEFAULT_INTERVENTION,
     )
     if config.top < 1 or config.stats_tokens < 1000:
         raise InputError("--top must be >= 1 and --stats-tokens >= 1000")
@@ -316,7 +315,7 @@ def _selection_setup(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
     refs = args.saes or default_sae_refs(preset)
     _status(f"Loading SAEs: {', '.join(refs)}")
     saes = load_saes(refs, lm.device, lm.dtype)
-    from unlearn_core.ablation.interventions import Intervention, LatentSelection
+    from unlearn_core.ablation.interventions import LatentSelection
     from unlearn_core.experiments.evaluate import check_selections_fit_model
 
     check_selections_fit_model(lm, [LatentSelection(s, ()) for s in saes], Intervention())
@@ -381,10 +380,9 @@ def _sweep(args: argparse.Namespace) -> int:
     )
     if any(n < 1 for n in args.ns):
         raise InputError("--ns must all be >= 1")
-    from unlearn_core.experiments.sweep import parse_intervention
 
     for spec in args.interventions:
-        parse_intervention(spec)  # a typo fails now, not after the model has loaded
+        Intervention.from_spec(spec)  # a typo fails now, not after the model has loaded
     args.top = max(args.ns)
     lm, saes, config = _selection_setup(args)
     sweep_points(sweep_config, [s.layer for s in saes])  # validates specs before the long part
@@ -443,13 +441,12 @@ def _plot_sweep(args: argparse.Namespace) -> int:
 def _write_best(lm: Any, saes: list[Any], ranked: Any, config: Any, result: dict[str, Any], path: str, command: str) -> None:
     import dataclasses
 
-    from unlearn_core.experiments.sweep import parse_intervention
     from unlearn_core.forget_set.lists import save_feature_list
     from unlearn_core.selection.suggest import suggested_feature_list
 
     best = result["points"][result["best"]]
     chosen = {s.ref: ranked[s.ref][: best["n"]] for s in saes if s.layer in best["layers"]}
-    best_config = dataclasses.replace(config, top=best["n"], intervention=parse_intervention(best["intervention"]))
+    best_config = dataclasses.replace(config, top=best["n"], intervention=Intervention.from_spec(best["intervention"]))
     fl = suggested_feature_list(lm, [s for s in saes if s.layer in best["layers"]], chosen, best_config)
     fl.extra["selection"]["command"] = command
     print(f"wrote {save_feature_list(fl, path)} (best point {best['label']})", file=sys.stderr)

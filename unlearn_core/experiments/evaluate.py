@@ -76,9 +76,7 @@ def resolve_intervention(config: EvaluationConfig, fl: FeatureList) -> Intervent
         if config.mode is None and config.value is not None:
             raise InputError("--value needs --mode (this list recommends no intervention)")
         return config.intervention
-    from unlearn_core.selection.suggest import intervention_from_dict
-
-    rec = intervention_from_dict(fl.extra["intervention"], fl.name)
+    rec = Intervention.from_dict(fl.extra["intervention"], fl.name)
     return Intervention(
         rec.mode,
         config.value if config.value is not None else rec.value,

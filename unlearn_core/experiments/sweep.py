@@ -15,7 +15,6 @@ each measured against its headline target, so 1.0 on each means "target met":
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,35 +35,6 @@ DEFAULT_LAYER_SETS: tuple[str, ...] = ("all",)
 DEFAULT_RETAIN_PPL_BUDGET = 0.10
 DEFAULT_RETAIN_PROBE_BUDGET = 0.05
 StageProgressFn = Callable[[str, int, int], None]
-
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_INTERVENTION_RE = re.compile(rf"^(zero|replace|clamp:({_NUMBER})(x?)|scale:({_NUMBER}))$")
-
-
-def parse_intervention(spec: str) -> Intervention:
-    """``zero`` | ``clamp:C`` (active latents -> -C) | ``clamp:Cx`` (-> -C x their mean activation on forget
-    text) | ``scale:S`` | ``replace`` (the study's recipe: zero, no error term, at resid_pre)."""
-    spec = spec.strip()
-    match = _INTERVENTION_RE.match(spec)
-    if match is None:
-        raise InputError(f"cannot read intervention {spec!r}; use zero, clamp:10, clamp:4x, scale:0.5 or replace")
-    if spec == "zero":
-        return Intervention("zero")
-    if spec == "replace":
-        return Intervention("replace", hook_site="resid_pre")
-    if match.group(2) is not None:
-        return Intervention("clamp", float(match.group(2)), relative=bool(match.group(3)))
-    return Intervention("scale", float(match.group(4)))
-
-
-def intervention_spec(intervention: Intervention) -> str:
-    """The inverse of :func:`parse_intervention`."""
-    if intervention.mode == "clamp":
-        return f"clamp:{intervention.strength:g}{'x' if intervention.relative else ''}"
-    if intervention.mode == "scale":
-        return f"scale:{intervention.strength:g}"
-    return intervention.mode
-
 
 def parse_layer_set(spec: str, available: Sequence[int]) -> tuple[int, ...]:
     """``all`` or layers joined by ``+`` (``9+12``), each one of ``available``."""
@@ -208,7 +178,7 @@ def sweep_points(config: SweepConfig, available_layers: Sequence[int]) -> list[S
     if not config.ns or any(n < 1 for n in config.ns):
         raise InputError("latent counts must be >= 1")
     for spec in config.interventions:
-        parse_intervention(spec)
+        Intervention.from_spec(spec)
     layer_sets = [parse_layer_set(s, available_layers) for s in config.layer_sets]
     return [
         SweepPoint(n, spec, layers)
@@ -245,7 +215,7 @@ def run_sweep(
         selections = point_selections(saes, ranked, point)
         if not selections:
             continue
-        cond = Condition(point.label, selections, parse_intervention(point.intervention))
+        cond = Condition(point.label, selections, Intervention.from_spec(point.intervention))
         m = measurer.measure(cond, progress)
         h = headline(base, m)
         if status:
@@ -263,7 +233,7 @@ def run_sweep(
     if best is not None:
         point = SweepPoint(rows[best]["n"], rows[best]["intervention"], tuple(rows[best]["layers"]))
         selections = point_selections(saes, ranked, point)
-        intervention = parse_intervention(point.intervention)
+        intervention = Intervention.from_spec(point.intervention)
         for name, cond in (
             ("random_control", Condition("random_control", random_selections(selections, config.seed), intervention)),
             ("zero_ablation", Condition("zero_ablation", selections, Intervention("zero"))),

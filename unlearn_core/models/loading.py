@@ -165,7 +165,8 @@ def _offline_checkpoint(progress: ProgressFn | None = None) -> tuple[Path, Any |
     # tokenizer is converted in a second process while this one dequantizes the weights: ~45 s saved on 2 cores.
     # A plain subprocess, not multiprocessing: "spawn" would re-import the caller's main script.
     tokenizer_job = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from unlearn_core.models.loading import _convert_gguf_tokenizer as c; c(*sys.argv[1:])",
+        [sys.executable, "-c",
+         "import sys; from unlearn_core.models.loading import _convert_gguf_tokenizer as c; c(*sys.argv[1:])",
          str(gguf_path), str(tmp)],
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                          os.environ.get("PYTHONPATH", "")])},

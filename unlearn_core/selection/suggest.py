@@ -145,35 +145,8 @@ def suggested_feature_list(
     settings.pop("intervention")
     settings.update(forget_corpus=forget_name, retain_corpus=retain_name, preset=lm.preset.name)
     fl.extra["selection"] = settings
-    fl.extra["intervention"] = intervention_to_dict(config.intervention)
+    fl.extra["intervention"] = config.intervention.to_dict()
     return fl
-
-
-def intervention_to_dict(intervention: Intervention) -> dict[str, Any]:
-    return {
-        "mode": intervention.mode,
-        "value": intervention.value,
-        "relative": intervention.relative,
-        "hook_site": intervention.hook_site,
-    }
-
-
-def intervention_from_dict(data: Any, source: str) -> Intervention:
-    """The ``"intervention"`` a feature list recommends, validated."""
-    if not isinstance(data, dict):
-        raise InputError(f"{source}: 'intervention' must be an object like {{\"mode\": \"clamp\", \"value\": 4}}")
-    unknown = set(data) - {"mode", "value", "relative", "hook_site"}
-    if unknown:
-        raise InputError(f"{source}: unknown intervention field(s) {sorted(unknown)}")
-    value = data.get("value")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise InputError(f"{source}: intervention value must be a number")
-    return Intervention(
-        mode=data.get("mode", "zero"),
-        value=None if value is None else float(value),
-        relative=bool(data.get("relative", False)),
-        hook_site=data.get("hook_site", "trained"),
-    )
 
 
 def load_saes(refs: Sequence[str], device: str, dtype: Any) -> list[LoadedSae]:
