@@ -16,7 +16,8 @@ from typing import Any, Generic, TypeVar
 
 import streamlit as st
 
-from unlearn_core.explain.dashboards import Dashboards, find_dashboards
+from unlearn_core.explain.dashboard_cache import find_dashboards
+from unlearn_core.explain.dashboards import Dashboards
 from unlearn_core.models.loading import LoadedModel, load_model
 from unlearn_core.saes.loading import LoadedSae, load_sae
 from unlearn_core.saes.neuronpedia import NeuronpediaClient, api_key_from

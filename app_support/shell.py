@@ -1,7 +1,8 @@
 """The frame every page shares: the sidebar (model, SAEs, intervention) and the loaded workspace.
 
-Each page calls :func:`page_setup` first, so a page works the same whether ``app.py``'s navigation runs it or it is
-run on its own (as Streamlit's AppTest does after a page switch).
+``app.py`` draws the sidebar once per run with :func:`draw_sidebar`, around ``st.navigation``, before the page
+runs; the page reads the choices with :func:`current_settings`, or gets them with the loaded model and SAEs from
+:func:`page_setup`. Its widgets are drawn on every run, so their values survive page switches by themselves.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from unlearn_core.models.presets import DEFAULT_PRESET, PRESETS
 
 from . import state
 from .resources import get_model, get_sae, model_is_loaded
+from .state import PERSIST, Key
 
 MODE_HELP = {
     "zero": "set the chosen latents to 0 (error term kept)",
@@ -25,64 +27,74 @@ MODE_HELP = {
 }
 
 
-def sidebar() -> state.Workspace:
+def draw_sidebar() -> state.Settings:
+    """Draw the sidebar (app.py, once per run, before the page) and remember its choices for the page."""
     sb = st.sidebar
     sb.title("SAE unlearning")
     names = list(PRESETS)
-    if st.session_state.get("preset") not in names:
-        st.session_state["preset"] = DEFAULT_PRESET
+    if state.widget_value(Key.PRESET) not in names:
+        state.set_widget(Key.PRESET, DEFAULT_PRESET)
     preset_name = sb.selectbox(
-        "Model", names, key="preset",
+        "Model", names, key=Key.PRESET,
         format_func=lambda n: f"{n} (offline)" if PRESETS[n].loader == "gguf-offline" else n,
         help="The offline preset needs no network or token. Hub presets need an HF token (HF_TOKEN).",
     )
     preset = PRESETS[preset_name]
     families = [f.name for f in preset.sae_families]
-    if st.session_state.get("family") not in families:
-        st.session_state["family"] = families[0]
-    family = preset.family(sb.selectbox("SAEs", families, key="family", help=preset.family().description))
-    valid_layers = [layer for layer in st.session_state.get("layers", []) if layer in family.layers]
+    if state.widget_value(Key.FAMILY) not in families:
+        state.set_widget(Key.FAMILY, families[0])
+    family = preset.family(sb.selectbox("SAEs", families, key=Key.FAMILY, help=preset.family().description))
+    valid_layers = [layer for layer in state.widget_value(Key.LAYERS, []) if layer in family.layers]
     if not valid_layers:
         valid_layers = [layer for layer in preset.default_layers if layer in family.layers] or list(family.layers[:1])
-    st.session_state["layers"] = valid_layers
-    layers = sb.multiselect("Layers", list(family.layers), key="layers",
+    state.set_widget(Key.LAYERS, valid_layers)
+    layers = sb.multiselect("Layers", list(family.layers), key=Key.LAYERS,
                             help=f"{family.description}. Hooked at {family.hook_template.format(layer='L')}.")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
         ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
-    device = sb.selectbox("Device", devices, key="device")
-    dtype = sb.selectbox("Precision", ["float32", "bfloat16"], key="dtype",
+    device = sb.selectbox("Device", devices, key=Key.DEVICE)
+    dtype = sb.selectbox("Precision", ["float32", "bfloat16"], key=Key.DTYPE,
                          help="float32 is exact on CPU; bfloat16 halves memory (use it for Gemma 2 2B on small GPUs).")
     sb.divider()
     sb.markdown("**Intervention**")
-    mode = sb.selectbox("Mode", ["zero", "clamp", "scale", "replace"], key="mode", format_func=lambda m: m,
+    mode = sb.selectbox("Mode", ["zero", "clamp", "scale", "replace"], key=Key.MODE, format_func=lambda m: m,
                         help="\n".join(f"- **{m}**: {h}" for m, h in MODE_HELP.items()))
     value = None
     if mode in ("clamp", "scale"):
-        key = f"strength_{mode}"  # one per mode: a clamp value of 10 must not become a scale factor of 10
-        if not isinstance(st.session_state.get(key), (int, float)):
-            st.session_state[key] = DEFAULT_VALUES[mode]
+        key = Key.strength(mode)  # kept while another mode is chosen (persist_state)
+        if not isinstance(state.widget_value(key), (int, float)):
+            state.set_widget(key, DEFAULT_VALUES[mode])
         label = "c: active latents are set to -c" if mode == "clamp" else "s: latents are multiplied by s"
         value = float(sb.number_input(label, min_value=0.0 if mode == "clamp" else -100.0, max_value=1000.0,
-                                      step=1.0, key=key))
+                                      step=1.0, key=key, persist_state=PERSIST))
     relative = False
     if mode == "clamp":
-        relative = sb.checkbox("c x each latent's mean activation", key="clamp_relative",
+        relative = sb.checkbox("c x each latent's mean activation", key=Key.CLAMP_RELATIVE, persist_state=PERSIST,
                                help="Set each active latent to -c times its mean activation on forget text (lists "
                                     "from Suggest latents / `select` carry it). Activations differ by 30x between "
                                     "layers, so one absolute c cannot fit them all.")
-    site = sb.selectbox("Hook site", ["trained", "resid_pre"], key="hook_site",
+    site = sb.selectbox("Hook site", ["trained", "resid_pre"], key=Key.HOOK_SITE,
                         format_func=lambda s: "SAE's trained site (correct)" if s == "trained" else "resid_pre (study's bug)")
     sb.caption(MODE_HELP[mode])
     if mode == "replace" or site == "resid_pre":
         sb.warning("Reproduction setting: results are labelled REPRODUCTION ONLY.")
-    ws = state.Workspace(preset=preset, family_name=family.name, layers=sorted(layers), device=device, dtype=dtype,
-                         intervention=Intervention(mode=mode, value=value, hook_site=site, relative=relative))
+    settings = state.Settings(preset=preset, family_name=family.name, layers=sorted(layers), device=device, dtype=dtype,
+                              intervention=Intervention(mode=mode, value=value, hook_site=site, relative=relative))
+    state.session().settings = settings
     fl = state.forget_set(preset.model_id)
     sb.divider()
     sb.markdown(f"**Forget set:** {fl.name} — {fl.total_latents} latents")
     if state.has_unsaved_changes():
         sb.warning("Unsaved changes (save on the Forget set page).")
-    return ws
+    return settings
+
+
+def current_settings() -> state.Settings:
+    """The sidebar's choices in this run (app.py draws the sidebar before the page runs)."""
+    settings = state.session().settings
+    if settings is None:
+        raise RuntimeError("the sidebar is drawn by app.py (shell.draw_sidebar) before any page runs")
+    return settings
 
 
 def load_workspace(ws: state.Workspace) -> None:
@@ -118,14 +130,11 @@ def load_workspace(ws: state.Workspace) -> None:
         ws.error = f"loading {ws.preset.model_id} failed: {type(exc).__name__}: {exc}"
 
 
-
-
 def page_setup(needs_model: bool = True) -> state.Workspace:
-    """Draw the sidebar and return this run's workspace; load the model (once per process) when the page needs it
+    """This run's workspace from the sidebar's settings; load the model (once per process) when the page needs it
     or it is already loaded. Failures become ``ws.error``, a message for the page to show."""
-    state.keep_widget_state()
-    ws = sidebar()
-    st.session_state["_workspace"] = ws
+    ws = state.Workspace.from_settings(current_settings())
+    state.session().workspace = ws
     if needs_model or model_is_loaded(ws.preset.name, ws.device, ws.dtype):
         load_workspace(ws)
     state.show_flashes()

@@ -32,11 +32,11 @@ _SELECTABLE = [name for name in BUILTIN_TEXTS if selection_split(name) != name o
 
 def use_recommended_intervention(recommended: dict[str, Any]) -> None:
     """Button callback (runs before the sidebar is drawn, so it may set the sidebar's widgets)."""
-    st.session_state["mode"] = recommended["mode"]
+    state.set_widget(state.Key.MODE, recommended["mode"])
     if recommended["mode"] in ("clamp", "scale") and recommended.get("value") is not None:
-        st.session_state[f"strength_{recommended['mode']}"] = float(recommended["value"])
-    st.session_state["clamp_relative"] = bool(recommended.get("relative", False))
-    st.session_state["hook_site"] = recommended.get("hook_site", "trained")
+        state.set_widget(state.Key.strength(recommended["mode"]), float(recommended["value"]))
+    state.set_widget(state.Key.CLAMP_RELATIVE, bool(recommended.get("relative", False)))
+    state.set_widget(state.Key.HOOK_SITE, recommended.get("hook_site", "trained"))
 
 
 def _text_choice(label: str, default: str, key: str) -> tuple[str, tuple[str, ...] | None]:

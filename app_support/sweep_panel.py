@@ -10,7 +10,11 @@ import streamlit as st
 from unlearn_core.experiments.plots import pareto_figure, parse_sweep
 from unlearn_core.models.presets import REPO_ROOT
 
+from .state import Key
+
 SWEEPS_DIR = REPO_ROOT / "docs" / "sweeps"
+
+
 def sweep_files() -> dict[str, Path]:
     """Committed sweeps (``docs/sweeps/<name>/sweep.json``) by name."""
     return {p.parent.name: p for p in sorted(SWEEPS_DIR.glob("*/sweep.json"))}
@@ -23,8 +27,8 @@ def render() -> None:
                "with `python -m unlearn_core sweep --out-dir DIR` and load its sweep.json here.")
     files = sweep_files()
     c1, c2 = st.columns(2)
-    choice = c1.selectbox("Committed sweep", ["(none)", *files], key="sweep_choice")
-    upload = c2.file_uploader("or a sweep.json", type=["json"], key="sweep_upload")
+    choice = c1.selectbox("Committed sweep", ["(none)", *files], key=Key.SWEEP_CHOICE)
+    upload = c2.file_uploader("or a sweep.json", type=["json"], key=Key.SWEEP_UPLOAD)
     try:
         if upload is not None:
             result = parse_sweep(upload.getvalue(), upload.name)
@@ -38,7 +42,7 @@ def render() -> None:
     if not result["points"]:
         st.info("That sweep has no points.")
         return
-    st.plotly_chart(pareto_figure(result), key=f"pareto_{choice}_{upload.name if upload else ''}")
+    st.plotly_chart(pareto_figure(result), key=Key.pareto_chart(choice, upload.name if upload else ""))
     rows = result["points"]
     if result.get("best") is not None:
         best = rows[result["best"]]

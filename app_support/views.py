@@ -13,7 +13,9 @@ from unlearn_core.explain.dashboards import LatentDashboard
 from unlearn_core.saes.loading import LoadedSae
 from unlearn_core.saes.neuronpedia import Explanation
 
+from . import state
 from .resources import get_dashboards, neuronpedia_client
+from .state import Key
 
 HIGHLIGHT_RGB = "234, 88, 12"
 NEURONPEDIA_RETRY_SECONDS = 60  # orange: readable on light and dark themes
@@ -64,7 +66,8 @@ def _fetch_explanations(neuronpedia_id: str, ids: list[int]) -> dict[int, Explan
     When Neuronpedia is unreachable or timing out, the session remembers it for a minute instead of waiting for it
     again on every rerun; a bad ``NEURONPEDIA_API_URL`` is reported, not raised.
     """
-    down = st.session_state.get("_neuronpedia_down")
+    session = state.session()
+    down = session.neuronpedia_down
     if down and time.monotonic() < down[0]:
         return f"{down[1]}; retried in a minute"
     try:
@@ -74,7 +77,7 @@ def _fetch_explanations(neuronpedia_id: str, ids: list[int]) -> dict[int, Explan
     outage = next((e.error for e in found.values() if e.error and ("unreachable" in e.error or "timed out" in e.error)),
                   None)
     if outage:
-        st.session_state["_neuronpedia_down"] = (time.monotonic() + NEURONPEDIA_RETRY_SECONDS, outage)
+        session.neuronpedia_down = (time.monotonic() + NEURONPEDIA_RETRY_SECONDS, outage)
     return found
 
 
@@ -143,17 +146,16 @@ def explanation_panel(loaded: LoadedSae, latent: int) -> None:
             "No local dashboard for this SAE yet. Computing one runs the model over ~40k tokens of built-in text "
             "(a few minutes on a CPU) and is cached for next time."
         )
-        if st.button("Compute local dashboards", key=f"compute_board_{loaded.ref}"):
+        if st.button("Compute local dashboards", key=Key.compute_dashboards(loaded.ref)):
             _compute_dashboards(loaded)
 
 
 def _compute_dashboards(loaded: LoadedSae) -> None:
-    from unlearn_core.explain.dashboards import dashboards_for
+    from unlearn_core.explain.dashboard_cache import dashboards_for
 
     from .resources import remember_dashboards
-    from .state import workspace
 
-    ws = workspace()
+    ws = state.workspace()
     if ws.lm is None:
         st.error("Load a model first.")
         return

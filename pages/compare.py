@@ -11,7 +11,6 @@ import streamlit as st
 
 from app_support import shell, state, sweep_panel
 from app_support.resources import get_sae
-from unlearn_core.ablation.interventions import LatentSelection
 from unlearn_core.data.probes import BUILTIN_PROBES, ProbeSet, load_probes, probes_from_bytes
 from unlearn_core.data.texts import BUILTIN_TEXTS, TextSet, load_texts, texts_from_bytes
 from unlearn_core.errors import UnlearnError
@@ -28,12 +27,11 @@ from unlearn_core.experiments.compare import (
     perplexity_cell,
     probe_cell,
     probe_set_key,
-    same_as_baseline,
     text_set_key,
 )
-from unlearn_core.experiments.evaluate import check_selections_fit_model, reference_activations
+from unlearn_core.experiments.results import ConditionScores, EvaluationResult, ProbeScore
 from unlearn_core.explain.explore import split_prompts, study_prompts
-from unlearn_core.forget_set.lists import check_latents_fit
+from unlearn_core.forget_set.selections import check_selections_fit_model, load_selections
 
 ws = shell.page_setup(needs_model=True)
 fl = state.forget_set(ws.preset.model_id)
@@ -51,11 +49,8 @@ if fl.model != ws.preset.model_id:
     st.stop()
 
 try:
-    selections = []
-    for entry in fl.saes:
-        loaded = get_sae(entry.sae, ws.device, ws.dtype)
-        check_latents_fit(entry, loaded.width, source=fl.name)
-        selections.append(LatentSelection(loaded, tuple(entry.latent_ids), reference_activations(entry)))
+    # the CLI's path: each SAE loaded (here from the shared cache) and checked against the list and the model
+    selections = load_selections(fl, loader=lambda ref: get_sae(ref, ws.device, ws.dtype))
     check_selections_fit_model(lm, selections, ws.intervention)
 except UnlearnError as exc:
     st.error(str(exc))
@@ -63,18 +58,18 @@ except UnlearnError as exc:
 if not any(s.latents for s in selections):
     st.info("The forget set is empty, so only the baseline can run. Tick latents on the Explore page first.")
 
-all_conditions = comparison_conditions(selections, ws.intervention, seed=int(st.session_state.get("compare_seed", 0)))
-names = [c.name for c in all_conditions]
-previous = st.session_state.get("compare_conditions")
+all_conditions = comparison_conditions(selections, ws.intervention, seed=int(state.widget_value(state.Key.COMPARE_SEED, 0)))
+names = [c.label for c in all_conditions]
+previous = state.widget_value(state.Key.COMPARE_CONDITIONS)
 if not isinstance(previous, list) or not set(previous) <= set(names):
-    st.session_state["compare_conditions"] = names
+    state.set_widget(state.Key.COMPARE_CONDITIONS, names)
 chosen_names = st.multiselect("Conditions", names, key="compare_conditions",
                               help="Controls: " + ", ".join(CONTROLS) + ". Reconstruction only equals the baseline when "
                                    "the error term is kept.")
-conditions = [c for c in all_conditions if c.name in chosen_names]
+conditions = [c for c in all_conditions if c.label in chosen_names]
 if BASELINE not in chosen_names:
     conditions.insert(0, all_conditions[0])  # ratios need it
-cells: dict[str, dict] = st.session_state.setdefault("_cells", {})
+cells: dict[str, dict] = state.session().compare_cells
 DRAWS = itertools.count()  # a chart redrawn in one run (after every batch) needs a new key each time
 
 
@@ -90,12 +85,12 @@ def stop_button(key: str) -> None:
 # ------------------------------------------------------------------------------------------------ perplexity
 st.header("Perplexity")
 c1, c2, c3 = st.columns([3, 1, 1])
-st.session_state.setdefault("compare_texts", ["wikitext2", "wikitext2-clean", "hp-fanwiki"])
+state.widget_default(state.Key.COMPARE_TEXTS, ["wikitext2", "wikitext2-clean", "hp-fanwiki"])
 text_names = c1.multiselect("Built-in texts", list(BUILTIN_TEXTS), key="compare_texts",
                             help="\n".join(f"- **{k}**: {v}" for k, v in BUILTIN_TEXTS.items()))
-st.session_state.setdefault("compare_max_texts", DEFAULT_COMPARE_TEXTS)
+state.widget_default(state.Key.COMPARE_MAX_TEXTS, DEFAULT_COMPARE_TEXTS)
 max_texts = c2.number_input("Texts per set", 1, 5000, key="compare_max_texts")
-st.session_state.setdefault("compare_seq_len", DEFAULT_COMPARE_SEQ_LEN)
+state.widget_default(state.Key.COMPARE_SEQ_LEN, DEFAULT_COMPARE_SEQ_LEN)
 seq_len = c3.number_input("Tokens per text", 16, 2048, step=64, key="compare_seq_len")
 uploads = st.file_uploader("Your own texts (.txt, paragraphs separated by blank lines), e.g. a book you own",
                            type=["txt", "md"], accept_multiple_files=True, key="compare_uploads")
@@ -113,7 +108,7 @@ ABLATED_COLORS = ["#c2410c", "#ea580c", "#f97316", "#fb923c", "#fdba74", "#9a341
 def condition_colors() -> dict[str, str]:
     """Baseline grey, controls blue, ablations in oranges: the same colours in every chart."""
     colors = {BASELINE: "#6b7280", "reconstruction only": "#93c5fd", "random control": "#2563eb"}
-    ablated = [c.name for c in all_conditions if c.name not in colors]
+    ablated = [c.label for c in all_conditions if c.label not in colors]
     colors.update({name: ABLATED_COLORS[i % len(ABLATED_COLORS)] for i, name in enumerate(ablated)})
     return colors
 
@@ -128,7 +123,7 @@ def perplexity_rows() -> list[dict]:
             if got is None:
                 continue
             ratio = got["value"] / base["value"] if base and base["complete"] else None
-            rows.append({"condition": cond.name, "metric": "perplexity", "dataset": ts.name, "value": got["value"],
+            rows.append({"condition": cond.label, "metric": "perplexity", "dataset": ts.name, "value": got["value"],
                          "ratio_to_baseline": ratio, "n": got["n"], "complete": got["complete"]})
     return rows
 
@@ -180,7 +175,7 @@ if run_col.button("Run perplexity", icon=":material/play_arrow:", type="primary"
         key = cell_key("ppl", cond, tkey)
         if cells.get(key, {}).get("complete"):
             continue
-        bar.progress(n_done / len(todo), text=f"{cond.name} on {ts.name}…")
+        bar.progress(n_done / len(todo), text=f"{cond.label} on {ts.name}…")
         try:
             for partial in perplexity_cell(lm, cond, ts, max_seq_len=int(seq_len), batch_tokens=1024):
                 cells[key] = {"value": partial.perplexity, "n": partial.n_tokens, "complete": False}
@@ -198,7 +193,7 @@ st.header("Knowledge probes")
 c1, c2 = st.columns([3, 1])
 probe_names = c1.multiselect("Built-in probe sets", list(BUILTIN_PROBES), key="compare_probes",
                              help="MUSE KnowMem forget QA (Harry Potter events), MUSE retain QA (HP wiki), NQ-open (general).")
-st.session_state.setdefault("compare_probe_items", 50)
+state.widget_default(state.Key.COMPARE_PROBE_ITEMS, 50)
 max_items = c2.number_input("Items per set", 5, 2000, key="compare_probe_items")
 probe_uploads = st.file_uploader("Your own probe files: cloze {\"prompt\",\"answer\"} or QA {\"question\",\"answer\"}, "
                                  "JSON list or JSONL", type=["json", "jsonl"], accept_multiple_files=True, key="probe_uploads")
@@ -221,7 +216,7 @@ def probe_rows() -> list[dict]:
                 continue
             for metric in ("top1", "mean_logprob"):
                 ratio = got[metric] / base[metric] if base and base[metric] else None
-                rows.append({"condition": cond.name, "metric": f"probe {metric}", "dataset": ps.name,
+                rows.append({"condition": cond.label, "metric": f"probe {metric}", "dataset": ps.name,
                              "value": got[metric], "ratio_to_baseline": ratio, "n": got["n"], "complete": True})
     return rows
 
@@ -253,7 +248,7 @@ if run_col.button("Run probes", icon=":material/play_arrow:", disabled=not probe
         key = cell_key("probe", cond, probe_set_key(ps))
         if key in cells:
             continue
-        bar.progress(n_done / len(todo), text=f"{cond.name} on {ps.name}…")
+        bar.progress(n_done / len(todo), text=f"{cond.label} on {ps.name}…")
         try:
             res = probe_cell(lm, cond, ps)
         except UnlearnError as exc:
@@ -265,15 +260,15 @@ if run_col.button("Run probes", icon=":material/play_arrow:", disabled=not probe
 
 # ------------------------------------------------------------------------------------------------ generations
 st.header("Generations")
-st.session_state.setdefault("compare_prompts", "\n".join(study_prompts()))
+state.widget_default(state.Key.COMPARE_PROMPTS, "\n".join(study_prompts()))
 prompts_text = st.text_area("Prompts, one per line (default: the study's 4 Harry Potter + 3 unrelated prompts)",
                             key="compare_prompts", height=150)
 c1, c2, c3 = st.columns(3)
-st.session_state.setdefault("compare_new_tokens", DEFAULT_NEW_TOKENS)
+state.widget_default(state.Key.COMPARE_NEW_TOKENS, DEFAULT_NEW_TOKENS)
 new_tokens = int(c1.number_input("New tokens", 1, 256, key="compare_new_tokens"))
-st.session_state.setdefault("compare_temperature", 0.0)
+state.widget_default(state.Key.COMPARE_TEMPERATURE, 0.0)
 temperature = float(c2.number_input("Temperature (0 = greedy)", 0.0, 2.0, step=0.1, key="compare_temperature"))
-st.session_state.setdefault("compare_seed", 0)
+state.widget_default(state.Key.COMPARE_SEED, 0)
 seed = int(c3.number_input("Seed (sampling, random control)", 0, 2**31 - 1, key="compare_seed"))
 prompts = split_prompts(prompts_text)
 
@@ -304,8 +299,8 @@ def draw_generations() -> None:
         gen_slot.markdown(f"**{prompt}**")
         cols = gen_slot.columns(len(conditions))
         for col, cond in zip(cols, conditions, strict=True):
-            col.caption(cond.name)
-            col.write(outs.get(cond.name, "…"))
+            col.caption(cond.label)
+            col.write(outs.get(cond.label, "…"))
 
 
 gen_done, gen_total = computed(
@@ -321,7 +316,7 @@ if run_col.button("Run generations", icon=":material/play_arrow:", disabled=not 
         key = cell_key("gen", cond, generation_key(prompt, new_tokens, temperature, seed))
         if key in cells:
             continue
-        bar.progress(n_done / len(todo), text=f"{cond.name}: {prompt[:50]}…")
+        bar.progress(n_done / len(todo), text=f"{cond.label}: {prompt[:50]}…")
         try:
             cells[key] = {"text": generation_cell(lm, cond, prompt, new_tokens, temperature, seed)}
         except UnlearnError as exc:
@@ -338,13 +333,32 @@ settings = {
     "forget_set": json.loads(json.dumps(fl.to_dict())), "intervention": ws.intervention.describe(),
     "texts_per_set": int(max_texts), "tokens_per_text": int(seq_len), "probe_items": int(max_items),
     "new_tokens": new_tokens, "temperature": temperature, "seed": seed,
-    "conditions": {c.name: {"n_latents": c.n_latents, "same_as_baseline": same_as_baseline(c),
+    "conditions": {c.name: {"label": c.label, "n_latents": c.n_latents, "same_as_baseline": c.same_as_baseline,
                             "latents": {s.sae.ref: list(s.latents) for s in c.selections}} for c in conditions},
 }
+
+
+def compare_result() -> EvaluationResult:
+    """The finished cells as the same typed result ``evaluate --json`` writes (conditions by name)."""
+    result = EvaluationResult(settings=settings)
+    for cond in conditions:
+        scores = ConditionScores()
+        for ts in text_sets:
+            got = cells.get(cell_key("ppl", cond, text_set_key(ts, int(seq_len))))
+            if got is not None and got["complete"]:
+                scores.perplexity[ts.name] = got["value"]
+        for ps in probe_sets:
+            got = cells.get(cell_key("probe", cond, probe_set_key(ps)))
+            if got is not None:
+                scores.probes[ps.name] = ProbeScore(got["top1"], got["mean_logprob"], got["n"])
+        result.conditions[cond.name] = scores
+    return result
+
+
 c1, c2, c3 = st.columns(3)
 c1.download_button("Numbers (CSV)", pd.DataFrame(numbers).to_csv(index=False).encode(), "compare_numbers.csv",
                    "text/csv", disabled=not numbers)
-c2.download_button("Everything (JSON)", json.dumps({"settings": settings, "numbers": numbers,
+c2.download_button("Everything (JSON)", json.dumps({**compare_result().to_dict(), "numbers": numbers,
                                                     "generations": generation_rows()}, indent=1).encode(),
                    "compare_results.json", "application/json", disabled=not (numbers or generation_rows()))
 c3.download_button("Generations (CSV)", pd.DataFrame(generation_rows()).to_csv(index=False).encode(),

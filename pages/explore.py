@@ -9,6 +9,7 @@ import streamlit as st
 from app_support import shell, state, views
 from app_support.forget_ops import apply_ticks, chosen_ids
 from app_support.resources import get_dashboards
+from app_support.state import PERSIST, Key
 from unlearn_core.errors import UnlearnError
 from unlearn_core.explain.explore import RANKINGS, ExploreResult, explore, prepare_prompts, split_prompts, study_prompts
 
@@ -27,15 +28,15 @@ if ws.lm is None or not ws.saes:
     st.info("Choose at least one layer in the sidebar.")
     st.stop()
 
-st.session_state.setdefault("explore_prompts", "\n".join(study_prompts()))
+state.widget_default(Key.EXPLORE_PROMPTS, "\n".join(study_prompts()))
 left, right = st.columns([4, 1])
-left.text_area("Prompts, one per line", key="explore_prompts", height=170)
-right.button("Load the study's 7 prompts", on_click=lambda: st.session_state.update(explore_prompts="\n".join(study_prompts())),
-             width="stretch")
-right.button("Clear", on_click=lambda: st.session_state.update(explore_prompts=""), width="stretch")
+prompts_text = left.text_area("Prompts, one per line", key=Key.EXPLORE_PROMPTS, height=170, persist_state=PERSIST)
+right.button("Load the study's 7 prompts", width="stretch",
+             on_click=lambda: state.set_widget(Key.EXPLORE_PROMPTS, "\n".join(study_prompts())))
+right.button("Clear", on_click=lambda: state.set_widget(Key.EXPLORE_PROMPTS, ""), width="stretch")
 
 try:
-    prepared = prepare_prompts(ws.lm, split_prompts(st.session_state["explore_prompts"]))
+    prepared = prepare_prompts(ws.lm, split_prompts(prompts_text))
 except UnlearnError as exc:
     st.warning(str(exc))
     st.stop()
@@ -43,33 +44,33 @@ for notice in prepared.notices:
     st.info(notice)
 
 run_key = (ws.preset.name, ws.device, ws.dtype, tuple(s.ref for s in ws.saes), prepared.token_ids)
-cached = st.session_state.get("_explore")
-if cached is None or cached[0] != run_key:
+app = state.session()
+if app.explore is None or app.explore.key != run_key:
     with st.spinner("Running the model once for all layers…"):
         try:
-            result: ExploreResult = explore(ws.lm, ws.saes, prepared)
+            computed: ExploreResult = explore(ws.lm, ws.saes, prepared)
         except UnlearnError as exc:
             st.error(str(exc))
             st.stop()
-    st.session_state["_explore"] = (run_key, result)
-result = st.session_state["_explore"][1]
+    app.explore = state.ExploreRun(run_key, computed)  # the Forget set page shows it too
+result = app.explore.result
 
 c1, c2, c3, c4 = st.columns([1, 1.2, 1.6, 1])
-st.session_state.setdefault("explore_top_k", 20)
-top_k = c1.slider("Top latents", 5, 100, key="explore_top_k")
-rank = c2.radio("Rank by", RANKINGS, key="explore_rank", horizontal=True,
+state.widget_default(Key.EXPLORE_TOP_K, 20)
+top_k = c1.slider("Top latents", 5, 100, key=Key.EXPLORE_TOP_K, persist_state=PERSIST)
+rank = c2.radio("Rank by", RANKINGS, key=Key.EXPLORE_RANK, horizontal=True, persist_state=PERSIST,
                 format_func=lambda r: {"max": "max activation", "mean": "mean activation", "frequency": "frequency"}[r])
 scopes = ["all prompts", *[f"prompt {i + 1}: {p[:60]}" for i, p in enumerate(prepared.prompts)]]
-if st.session_state.get("explore_scope") not in scopes:
-    st.session_state["explore_scope"] = scopes[0]
-scope = c3.selectbox("Over", scopes, key="explore_scope")
+if state.widget_value(Key.EXPLORE_SCOPE) not in scopes:
+    state.set_widget(Key.EXPLORE_SCOPE, scopes[0])
+scope = c3.selectbox("Over", scopes, key=Key.EXPLORE_SCOPE, persist_state=PERSIST)
 prompt_index = None if scope == scopes[0] else scopes.index(scope) - 1
-st.session_state.setdefault("explore_hide_dense", True)
-hide_dense = c4.toggle("Hide dense latents", key="explore_hide_dense",
+state.widget_default(Key.EXPLORE_HIDE_DENSE, True)
+hide_dense = c4.toggle("Hide dense latents", key=Key.EXPLORE_HIDE_DENSE, persist_state=PERSIST,
                        help=f"Skip latents that fire on more than {DENSE_FREQUENCY:.0%} of the dashboard corpus (general "
                             "text): they fire on almost everything, so they are rarely concept-specific.")
 
-family = ws.preset.family(ws.family_name)
+family = ws.family
 fl = state.forget_set()
 wrong_model = fl.model != ws.preset.model_id
 if wrong_model:
@@ -101,7 +102,7 @@ for tab, loaded in zip(tabs, ws.saes, strict=True):
         })
         edited = st.data_editor(
             table,
-            key=f"explore_table_{loaded.ref}_{state.version()}_{rank}_{top_k}_{prompt_index}_{hide_dense}",
+            key=Key.explore_table(loaded.ref, state.version(), rank, top_k, prompt_index, hide_dense),
             hide_index=True,
             width="stretch",
             disabled=[c for c in table.columns if c != "forget"] + (["forget"] if wrong_model else []),
@@ -118,7 +119,7 @@ for tab, loaded in zip(tabs, ws.saes, strict=True):
         add = [lat for lat, on in after.items() if on and not before[lat]]
         remove = [lat for lat, on in after.items() if not on and before[lat]]
         cols = st.columns([1, 1, 3])
-        if cols[0].button("Tick all shown", key=f"tick_all_{loaded.ref}", disabled=wrong_model):
+        if cols[0].button("Tick all shown", key=Key.tick_all(loaded.ref), disabled=wrong_model):
             add = [s.latent for s in stats if s.latent not in picked]
         if add or remove:
             by_id = {s.latent: s for s in stats}
@@ -137,9 +138,9 @@ for tab, loaded in zip(tabs, ws.saes, strict=True):
 
         st.subheader("Where a latent fires")
         options = [s.latent for s in stats]
-        detail_key = f"explore_detail_{loaded.ref}"
-        if st.session_state.get(detail_key) not in options:
-            st.session_state[detail_key] = options[0]
+        detail_key = Key.explore_detail(loaded.ref)
+        if state.widget_value(detail_key) not in options:
+            state.set_widget(detail_key, options[0])
         latent = st.selectbox("Latent", options, key=detail_key,
                               format_func=lambda i, e=explanations: f"{i} — {e.get(i, '')[:80]}")
         values = result.token_values(loaded.ref, latent)

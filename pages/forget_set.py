@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import streamlit as st
 from app_support import shell, state, suggest_panel, views
 from app_support.forget_ops import apply_ticks
 from app_support.resources import get_dashboards
+from app_support.state import Key
 from unlearn_core.errors import UnlearnError
 from unlearn_core.forget_set.lists import (
     FeatureList,
@@ -39,16 +39,8 @@ path = state.forget_set_path()
 st.title("Forget set")
 
 
-def _file_digest(p: Path) -> str | None:
-    try:
-        return hashlib.sha256(p.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 def _replace_current(new: FeatureList, source_path: Path | None, message: str) -> None:
     state.set_forget_set(new, source_path, saved=source_path is not None)
-    st.session_state["forget_set_file_digest"] = _file_digest(source_path) if source_path else None
     state.flash(message)
     st.rerun()
 
@@ -62,9 +54,8 @@ def _open_study_list(ref_path: Path) -> None:
         return
     presets = presets_for_model_id(opened.model)
     if presets and presets[0].model_id != ws.preset.model_id:
-        st.session_state["preset"] = presets[0].name
+        state.set_widget(Key.PRESET, presets[0].name)
     state.set_forget_set(opened, ref_path, saved=True)
-    st.session_state["forget_set_file_digest"] = _file_digest(ref_path)
     state.flash(f"Opened the study's {ref_path.name} ({opened.total_latents} latents) for {opened.model}; "
                 "the model preset follows it.")
 
@@ -84,7 +75,6 @@ def _save_to(target: Path, overwrite: bool) -> None:
         st.error(str(exc))
         return
     state.mark_saved(target)
-    st.session_state["forget_set_file_digest"] = _file_digest(target)
     state.flash(f"Saved {target.name}.")
     st.rerun()
 
@@ -100,8 +90,8 @@ def _discard_ok(key: str) -> bool:
 if state.has_unsaved_changes():
     st.warning("This forget set has unsaved changes: **Save** or **Export** it before you close the tab.")
 meta = st.columns([2, 3, 2])
-new_name = meta[0].text_input("Name", value=fl.name, key=f"fl_name_{state.version()}")
-new_desc = meta[1].text_input("Description", value=fl.description, key=f"fl_desc_{state.version()}")
+new_name = meta[0].text_input("Name", value=fl.name, key=Key.list_name(state.version()))
+new_desc = meta[1].text_input("Description", value=fl.description, key=Key.list_description(state.version()))
 meta[2].markdown(f"**Model:** `{fl.model}`  \n**File:** `{path.name if path else '(not saved yet)'}`  \n"
                  f"**Latents:** {fl.total_latents} in {len(fl.saes)} SAE(s)")
 # Plain assignments, no rerun: a rerun here would drop a button click sent with the same edit.
@@ -123,8 +113,8 @@ with file_tab:
     c1, c2 = st.columns(2)
     with c1:
         st.markdown(f"**Open** a feature list (`{DIR}` and the shipped lists)")
-        choice = st.selectbox("File", list(files), key="open_choice", label_visibility="collapsed")
-        ok = _discard_ok("discard_open")
+        choice = st.selectbox("File", list(files), key=Key.OPEN_CHOICE, label_visibility="collapsed")
+        ok = _discard_ok(Key.DISCARD_OPEN)
         if st.button("Open", disabled=not files or not ok):
             try:
                 opened = load_feature_list(files[choice])
@@ -136,24 +126,21 @@ with file_tab:
     with c2:
         protected = path is not None and _is_protected(path)
         st.markdown("**Save**" + (f" to `{path.name}`" if path and not protected else ""))
-        changed_on_disk = (path is not None and path.exists()
-                           and st.session_state.get("forget_set_file_digest") not in (None, _file_digest(path)))
         force = True
-        if changed_on_disk:
+        if path is not None and state.changed_on_disk():
             st.warning(f"{path.name} changed on disk since you opened it.")
-            force = st.checkbox("Overwrite it anyway", key="force_save")
+            force = st.checkbox("Overwrite it anyway", key=Key.FORCE_SAVE)
         if st.button("Save", type="primary", disabled=path is None or protected or not force,
                      help="Shipped lists (reference_*, example_*) are read-only: use Save as." if protected else None):
             _save_to(path, overwrite=True)
         st.markdown(f"**Save as** (in `{DIR}`)")
         default_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", fl.name).strip("_") or "forget_set"
-        name = st.text_input("File name", value=f"{default_name}.json", key=f"save_as_name_{state.version()}")
+        name = st.text_input("File name", value=f"{default_name}.json", key=Key.save_as_name(state.version()))
         target = DIR / (Path(name).name if name.endswith(".json") else f"{Path(name).name}.json")
         overwrite = False
         if target.exists():
             st.warning(f"{target.name} already exists.")
-            # keyed per file: a tick given for one name must never carry over to another
-            overwrite = st.checkbox(f"Replace {target.name}", key=f"overwrite_{target.name}",
+            overwrite = st.checkbox(f"Replace {target.name}", key=Key.overwrite(target.name),
                                     disabled=_is_protected(target)) and not _is_protected(target)
         if st.button("Save as", disabled=not Path(name).stem or (target.exists() and not overwrite)):
             _save_to(target, overwrite=overwrite)
@@ -161,8 +148,8 @@ with file_tab:
 with import_tab:
     c1, c2 = st.columns(2)
     with c1:
-        upload = st.file_uploader("Import a feature-list JSON", type=["json"], key="import_upload")
-        ok = _discard_ok("discard_import")
+        upload = st.file_uploader("Import a feature-list JSON", type=["json"], key=Key.IMPORT_UPLOAD)
+        ok = _discard_ok(Key.DISCARD_IMPORT)
         if upload is not None and st.button("Import", disabled=not ok):
             try:
                 imported = feature_list_from_bytes(upload.getvalue(), upload.name)
@@ -189,28 +176,28 @@ with study_tab:
     st.markdown("The reference study's exact latents (Gemma 2 2B + Gemma Scope 16k). Opening one switches the model to "
                 "`gemma-2-2b`, which needs an HF token and ideally a GPU.")
     refs = [p for p in list_feature_lists(state.SHIPPED_LIST_DIR) if p.name.startswith("reference_")]
-    ok = _discard_ok("discard_study")
+    ok = _discard_ok(Key.DISCARD_STUDY)
     cols = st.columns(max(len(refs), 1))
     for col, ref_path in zip(cols, refs, strict=False):
-        col.button(ref_path.stem.removeprefix("reference_gemma-2-2b_"), key=f"study_{ref_path.name}", disabled=not ok,
+        col.button(ref_path.stem.removeprefix("reference_gemma-2-2b_"), key=Key.study_list(ref_path.name), disabled=not ok,
                    on_click=_open_study_list, args=(ref_path,))
 
 with new_tab:
-    name = st.text_input("Name of the new forget set", value="my forget set", key="new_name")
-    ok = _discard_ok("discard_new")
+    name = st.text_input("Name of the new forget set", value="my forget set", key=Key.NEW_NAME)
+    ok = _discard_ok(Key.DISCARD_NEW)
     if st.button("Start a new, empty forget set", disabled=not ok):
         _replace_current(new_feature_list(name.strip() or "untitled", ws.preset.model_id), None,
                          f"New forget set {name!r} for {ws.preset.model_id}.")
 
 # ------------------------------------------------------------------------------------------------ bulk add
 st.subheader("Add latents by id")
-family = ws.preset.family(ws.family_name)
+family = ws.family
 if fl.model != ws.preset.model_id:
     st.caption("(adding needs a list for the sidebar's model)")
 else:
     c1, c2, c3 = st.columns([1, 3, 1])
-    layer = c1.selectbox("Layer", list(family.layers), key="bulk_layer")
-    ids_text = c2.text_input("Latent ids, e.g. 12, 40-45", key="bulk_ids")
+    layer = c1.selectbox("Layer", list(family.layers), key=Key.BULK_LAYER)
+    ids_text = c2.text_input("Latent ids, e.g. 12, 40-45", key=Key.BULK_IDS)
     c3.write("")
     if c3.button("Add", width="stretch"):
         try:
@@ -229,7 +216,8 @@ if fl.total_latents == 0:
     st.info("No latents yet: tick them on the Explore page, add them by id above, or open a list.")
     st.stop()
 
-explore_result = st.session_state.get("_explore", (None, None))[1]
+explore_run = state.session().explore  # the Explore page's last result, for "max on prompts"
+explore_result = explore_run.result if explore_run is not None else None
 rows = []
 for entry in fl.saes:
     loaded = ws.sae_at(entry.sae)
@@ -256,9 +244,9 @@ for entry in fl.saes:
         })
 table = pd.DataFrame(rows)
 c1, c2, c3 = st.columns([3, 1, 1])
-query = c1.text_input("Search (id, label, note, explanation)", key="fl_search")
-sort_by = c2.selectbox("Sort by", ["layer", "latent", "label", "frequency", "max act", "max on prompts"], key="fl_sort")
-descending = c3.toggle("Descending", key="fl_desc")
+query = c1.text_input("Search (id, label, note, explanation)", key=Key.TABLE_SEARCH)
+sort_by = c2.selectbox("Sort by", ["layer", "latent", "label", "frequency", "max act", "max on prompts"], key=Key.TABLE_SORT)
+descending = c3.toggle("Descending", key=Key.TABLE_DESCENDING)
 if query.strip():
     q = query.strip().lower()
     mask = table.apply(lambda r: q in " ".join(str(r[c]) for c in ("latent", "label", "note", "explanation")).lower(), axis=1)
@@ -267,7 +255,7 @@ table = table.sort_values([sort_by, "latent"], ascending=not descending, na_posi
 st.caption(f"{len(table)} of {fl.total_latents} latents shown. Edit labels and notes in place; tick **remove** then apply.")
 edited = st.data_editor(
     table,
-    key=f"fl_table_{state.version()}_{query}_{sort_by}_{descending}",
+    key=Key.list_table(state.version(), query, sort_by, descending),
     hide_index=True,
     width="stretch",
     column_order=["remove", "layer", "latent", "label", "note", "explanation", "frequency", "max act", "max on prompts"],

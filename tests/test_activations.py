@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from conftest import tiny_sae
+from tiny_models import tiny_sae
 
 from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervention_hooks
 from unlearn_core.scoring.activations import collect_activations, iter_activations, stop_layer_for
-from unlearn_core.scoring.evaluation import tokenize_with_bos
+from unlearn_core.scoring.batching import tokenize_with_bos
 
 TEXTS = ["Harry Potter and the", "Hi", "A longer sentence about wizards and wands."]
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_support.state import SESSION_KEY, Session
 from unlearn_core.data.texts import load_texts
 from unlearn_core.forget_set.lists import content_signature, load_feature_list
-from unlearn_core.scoring.evaluation import generate, perplexity
+from unlearn_core.scoring.generation import generate
+from unlearn_core.scoring.perplexity import perplexity
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 REPO = APP.parent
@@ -37,6 +39,11 @@ def run(at: AppTest) -> AppTest:
     return at
 
 
+def app_state(at: AppTest) -> Session:
+    """What the app keeps for the test's session (the typed state of app_support.state)."""
+    return at.session_state[SESSION_KEY]
+
+
 def button(at: AppTest, label: str):
     matches = [b for b in at.button if b.label == label]
     assert matches, f"no button {label!r}; have {[b.label for b in at.button]}"
@@ -59,7 +66,7 @@ def test_explore_tick_save_compare(real_lm, list_dir):
 
     tick(at, 2, [0, 1])
     run(at)
-    fl = at.session_state["forget_set"]
+    fl = app_state(at).forget_set
     assert [(e.layer, e.latent_ids) for e in fl.saes] == [(12, chosen)]
     assert fl.saes[0].latents[0].note.startswith("Explore: max")
     assert list(at.data_editor[2].value["forget"][:2]) == [True, True]  # the table shows them ticked
@@ -94,14 +101,14 @@ def test_explore_tick_save_compare(real_lm, list_dir):
     assert conditions == ["baseline", "ablated: layer 12", "reconstruction only", "random control"]
     button(at, "Run perplexity").click()
     run(at)
-    cells = at.session_state["_cells"]
+    cells = app_state(at).compare_cells
     assert len(cells) == 3 and all(c["complete"] for c in cells.values())  # reconstruction-only reuses baseline
     expected = perplexity(real_lm, load_texts("hp-fanwiki", 3).texts, max_seq_len=48).perplexity
     assert any(c["value"] == pytest.approx(expected, rel=1e-5) for c in cells.values())
     assert at.get("plotly_chart")
     button(at, "Run generations").click()
     run(at)
-    gens = [c["text"] for c in at.session_state["_cells"].values() if "text" in c]
+    gens = [c["text"] for c in app_state(at).compare_cells.values() if "text" in c]
     assert len(gens) == 3
     assert generate(real_lm, "Who is Harry Potter?", max_new_tokens=6) in gens
     shown = " ".join(str(m.value) for m in at.markdown)
@@ -112,7 +119,7 @@ def test_explore_tick_save_compare(real_lm, list_dir):
     run(at)
     at.switch_page("pages/compare.py")
     run(at)
-    assert at.session_state["_cells"] == cells | {k: v for k, v in at.session_state["_cells"].items() if "text" in v}
+    assert app_state(at).compare_cells == cells | {k: v for k, v in app_state(at).compare_cells.items() if "text" in v}
     numbers = [d for d in at.get("download_button") if "CSV" in str(d.proto.label)]
     assert numbers
 
@@ -141,7 +148,7 @@ def test_bad_imports_leave_the_forget_set_untouched(real_lm, list_dir, name):
     at = new_app()
     tick(at, 1, [0])  # something curated that must survive
     run(at)
-    before = content_signature(at.session_state["forget_set"])
+    before = content_signature(app_state(at).forget_set)
     at.switch_page("pages/forget_set.py")
     run(at)
     if name == "out_of_range.json":
@@ -158,7 +165,7 @@ def test_bad_imports_leave_the_forget_set_untouched(real_lm, list_dir, name):
     run(at)
     errors = " ".join(e.value for e in at.error)
     assert "Not imported" in errors and message in errors, errors
-    assert content_signature(at.session_state["forget_set"]) == before
+    assert content_signature(app_state(at).forget_set) == before
 
 
 def test_open_new_and_the_study_lists(real_lm, list_dir):
@@ -169,7 +176,7 @@ def test_open_new_and_the_study_lists(real_lm, list_dir):
     run(at)
     button(at, "Open").click()
     run(at)
-    fl = at.session_state["forget_set"]
+    fl = app_state(at).forget_set
     assert fl.total_latents == 48 and not any("unsaved" in w.value for w in at.warning)
     assert button(at, "Save").disabled  # shipped lists are read-only: Save as only
     # an edit makes New ask before discarding it
@@ -177,17 +184,17 @@ def test_open_new_and_the_study_lists(real_lm, list_dir):
     run(at)
     button(at, "Add").click()
     run(at)
-    assert at.session_state["forget_set"].total_latents == 51
+    assert app_state(at).forget_set.total_latents == 51
     assert button(at, "Start a new, empty forget set").disabled
     next(c for c in at.checkbox if c.key == "discard_new").check()
     run(at)
     button(at, "Start a new, empty forget set").click()
     run(at)
-    assert at.session_state["forget_set"].total_latents == 0
+    assert app_state(at).forget_set.total_latents == 0
     # the study's list in one click: switches the model preset to Gemma 2 2B
     button(at, "layer12").click()
     run(at)
-    assert at.session_state["forget_set"].total_latents == 180
+    assert app_state(at).forget_set.total_latents == 180
     assert at.session_state["preset"] == "gemma-2-2b"
     at.switch_page("pages/explore.py")
     run(at)  # Gemma 2 2B needs a token: a clear message, no crash
@@ -198,11 +205,11 @@ def test_sidebar_intervention_reaches_the_pages(real_lm):
     at = new_app()
     at.session_state["mode"] = "clamp"
     run(at)
-    assert at.session_state["_workspace"].intervention.describe() == "clamp active latents to -10, error term kept"
+    assert app_state(at).settings.intervention.describe() == "clamp active latents to -10, error term kept"
     at.session_state["strength_clamp"] = 4.0
     at.session_state["mode"] = "scale"
     run(at)
-    assert at.session_state["_workspace"].intervention.strength == 0.0  # scale keeps its own default, not the clamp c
+    assert app_state(at).settings.intervention.strength == 0.0  # scale keeps its own default, not the clamp c
     at.session_state["mode"] = "clamp"
     at.switch_page("pages/compare.py")
     run(at)
@@ -210,6 +217,41 @@ def test_sidebar_intervention_reaches_the_pages(real_lm):
     at.session_state["mode"] = "replace"
     run(at)
     assert any("REPRODUCTION ONLY" in w.value or "Reproduction setting" in w.value for w in at.warning)
+
+
+def test_choices_survive_page_switches(real_lm):
+    """app.py draws the sidebar once per run; its choices and each page's own survive switching pages, and the
+    Forget set page shows the Explore page's result (max activation on the prompts)."""
+    at = new_app()
+    assert [s.label for s in at.selectbox].count("Model") == 1 and len(at.sidebar.selectbox) >= 4
+    at.multiselect(key="layers").set_value([9, 12])
+    at.selectbox(key="mode").set_value("clamp")
+    run(at)
+    at.number_input(key="strength_clamp").set_value(4.0)
+    at.slider(key="explore_top_k").set_value(10)
+    at.radio(key="explore_rank").set_value("mean")
+    run(at)
+    assert [t.label for t in at.tabs] == ["Layer 9", "Layer 12"] and len(at.data_editor[1].value) == 10
+    tick(at, 1, [0])
+    run(at)
+    at.switch_page("pages/forget_set.py")
+    run(at)
+    assert at.data_editor[0].value["max on prompts"].notna().all()  # Explore's result, shared through the state
+    at.switch_page("pages/compare.py")
+    run(at)
+    assert "clamp active latents to -4, error term kept" in at.caption[0].value
+    at.number_input(key="compare_max_texts").set_value(3)
+    run(at)
+    at.switch_page("pages/explore.py")
+    run(at)
+    assert at.multiselect(key="layers").value == [9, 12] and at.selectbox(key="mode").value == "clamp"
+    assert at.number_input(key="strength_clamp").value == 4.0
+    assert at.slider(key="explore_top_k").value == 10 and at.radio(key="explore_rank").value == "mean"
+    assert len(at.data_editor[1].value) == 10
+    at.switch_page("pages/compare.py")
+    run(at)
+    assert at.number_input(key="compare_max_texts").value == 3
+    assert app_state(at).settings.layers == [9, 12]
 
 
 def test_shipped_lists_are_never_overwritten(real_lm, monkeypatch):

@@ -22,9 +22,9 @@ def _explanation_page(np_id: str) -> None:
     import json
 
     import streamlit as st
+    from tiny_models import random_jumprelu_sae
 
     from app_support import views
-    from unlearn_core.experiments.bench import random_jumprelu_sae
 
     sae = dataclasses.replace(random_jumprelu_sae(16, 32, "blocks.12.hook_resid_post"), neuronpedia=np_id, ref="np-test")
     texts = views.explanation_texts(sae, [3, 5])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_sae
+from tiny_models import tiny_sae
 
 from unlearn_core.errors import InputError
+from unlearn_core.explain import dashboard_build, dashboard_cache
 from unlearn_core.explain import dashboards as dash
 from unlearn_core.scoring.activations import collect_activations
 
@@ -19,7 +20,7 @@ def setup(tiny_lm):
     sequences = [[1, *torch.randint(3, 250, (int(n),), generator=g).tolist()] for n in torch.randint(5, 40, (30,), generator=g)]
     batch = collect_activations(tiny_lm, sequences, [loaded.hook_name])
     acts = batch.acts[loaded.hook_name].numpy()
-    board = dash.compute_dashboards(
+    board = dashboard_build.compute_dashboards(
         loaded.sae, acts, batch.tokens.numpy(), batch.sequence_index.numpy(), tiny_lm.model.W_U,
         lambda t: f"<{t}>", "test corpus",
     )
@@ -84,10 +85,56 @@ def test_dashboards_for_any_sae_are_computed_once_then_cached(tiny_lm, tmp_path,
     monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path))
     loaded = tiny_sae(layer=2, d_sae=32, seed=5)
     texts = ["The boy who lived.", "Hogwarts School of Witchcraft and Wizardry", "A plain sentence about rivers."]
-    first = dash.dashboards_for(tiny_lm, loaded, texts=texts, corpus="three texts", max_tokens=500)
+    first = dashboard_cache.dashboards_for(tiny_lm, loaded, texts=texts, corpus="three texts", max_tokens=500)
     assert first.meta["corpus"] == "three texts" and first.meta["n_tokens"] == sum(len(t.encode()) for t in texts)
     assert list((tmp_path / "dashboards").glob("*.npz"))
     calls = []
-    monkeypatch.setattr(dash, "compute_dashboards_from_texts", lambda *a, **k: calls.append(1))
-    again = dash.dashboards_for(tiny_lm, loaded, texts=texts, corpus="three texts", max_tokens=500)
+    monkeypatch.setattr(dashboard_cache, "compute_dashboards_from_texts", lambda *a, **k: calls.append(1))
+    again = dashboard_cache.dashboards_for(tiny_lm, loaded, texts=texts, corpus="three texts", max_tokens=500)
     assert not calls and again.latent(0) == first.latent(0)
+
+
+def _truncated(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _bad_crc(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside a compressed member: a zlib or CRC error when read
+    path.write_bytes(bytes(data))
+
+
+def _missing_member(path):
+    import numpy as np
+
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "frequency"}
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+@pytest.mark.parametrize("damage", [_truncated, _bad_crc, _missing_member, lambda p: p.write_bytes(b"")],
+                         ids=["truncated", "bad-crc", "missing-array", "empty"])
+def test_corrupt_cached_dashboards_are_deleted_and_rebuilt(tiny_lm, tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("UNLEARN_CACHE_DIR", str(tmp_path))
+    loaded = tiny_sae(layer=2, d_sae=32, seed=5)
+    texts = ["The boy who lived.", "A plain sentence about rivers."]
+    first = dashboard_cache.dashboards_for(tiny_lm, loaded, texts=texts, corpus="two texts", max_tokens=500)
+    (cached,) = (tmp_path / "dashboards").glob("*.npz")
+    damage(cached)
+    with pytest.raises(InputError):
+        dash.Dashboards.load(cached)
+    calls = []
+    compute = dashboard_cache.compute_dashboards_from_texts
+    monkeypatch.setattr(dashboard_cache, "compute_dashboards_from_texts", lambda *a, **k: calls.append(1) or compute(*a, **k))
+    again = dashboard_cache.dashboards_for(tiny_lm, loaded, texts=texts, corpus="two texts", max_tokens=500)
+    assert calls == [1] and again.latent(0) == first.latent(0)  # rebuilt, not trusted
+    assert dash.Dashboards.load(cached).latent(0) == first.latent(0)  # and the rewritten file is whole
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temporary file left behind
+
+
+def test_unreadable_cache_file_is_removed_and_reported_missing(tmp_path):
+    path = tmp_path / "x.npz"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    assert dashboard_cache.load_cached(path) is None and not path.exists()
+    assert dashboard_cache.load_cached(path) is None

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_sae
+from tiny_models import tiny_sae
 
 from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervened
 from unlearn_core.data.probes import load_probes

@@ -8,24 +8,21 @@ import threading
 
 import pytest
 import torch
+from tiny_models import make_tiny_model, tiny_sae
 
-from tests.conftest import make_tiny_model, tiny_sae
+from unlearn_core.ablation.conditions import ABLATED, BASELINE, RANDOM_CONTROL, RECONSTRUCTION_ONLY
 from unlearn_core.ablation.interventions import Intervention, LatentSelection
 from unlearn_core.data.texts import TextSet
 from unlearn_core.errors import FeatureListError, InputError
 from unlearn_core.experiments.compare import (
-    ALL_LAYERS,
-    BASELINE,
-    RANDOM_CONTROL,
-    RECONSTRUCTION_ONLY,
     comparison_conditions,
     condition_key,
     generation_cell,
     perplexity_cell,
     same_as_baseline,
-    selectivity,
     text_set_key,
 )
+from unlearn_core.experiments.results import selectivity
 from unlearn_core.explain.explore import explore, prepare_prompts, split_prompts
 from unlearn_core.forget_set.lists import (
     add_latents,
@@ -37,7 +34,8 @@ from unlearn_core.forget_set.lists import (
     parse_latent_ids,
     remove_latents,
 )
-from unlearn_core.scoring.evaluation import iter_perplexity, perplexity, tokenize_with_bos
+from unlearn_core.scoring.batching import tokenize_with_bos
+from unlearn_core.scoring.perplexity import iter_perplexity, perplexity
 
 PROMPTS = ["Harry waved his wand.", "The Roman Empire fell.", "Bread, milk and eggs."]
 
@@ -119,12 +117,15 @@ def test_conditions_and_keys(lm, saes):
     sel = [LatentSelection(a, (1, 2, 3)), LatentSelection(b, (4,))]
     conds = comparison_conditions(sel, clamp, seed=0)
     names = [c.name for c in conds]
-    assert names == [BASELINE, ALL_LAYERS, "ablated: layer 0", "ablated: layer 2", RECONSTRUCTION_ONLY, RANDOM_CONTROL]
+    assert names == [BASELINE, ABLATED, "ablated_layer_0", "ablated_layer_2", RECONSTRUCTION_ONLY, RANDOM_CONTROL]
+    labels = [c.label for c in conds]  # what the Compare page shows
+    assert labels == ["baseline", "ablated: all layers", "ablated: layer 0", "ablated: layer 2", "reconstruction only",
+                      "random control"]
     random_ctrl = conds[-1]
     for chosen, rnd in zip(sel, random_ctrl.selections, strict=True):
         assert len(rnd.latents) == len(chosen.latents) and not set(rnd.latents) & set(chosen.latents)
     # a single SAE: no separate "all layers"
-    assert [c.name for c in comparison_conditions(sel[:1], clamp, controls=())] == [BASELINE, "ablated: layer 0"]
+    assert [c.label for c in comparison_conditions(sel[:1], clamp, controls=())] == [BASELINE, "ablated: layer 0"]
     assert [c.name for c in comparison_conditions([LatentSelection(a, ())], clamp)] == [BASELINE]
     # keys: the baseline (and reconstruction-only with the error term) do not depend on the forget set
     other = comparison_conditions([LatentSelection(a, (7,))], clamp)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import tiny_sae
+from tiny_models import tiny_sae
 
 from unlearn_core.data.probes import BUILTIN_PROBES, load_probes
 from unlearn_core.data.texts import clean_keywords, hp_keywords, load_texts, split_paragraphs
 from unlearn_core.errors import FeatureListError, InputError, ModelUnavailableError, TextSourceError
-from unlearn_core.experiments.evaluate import load_selections, preset_for_feature_list
 from unlearn_core.forget_set.lists import Latent, SaeEntry, new_feature_list, save_feature_list
+from unlearn_core.forget_set.selections import load_selections, preset_for_feature_list
 from unlearn_core.models.loading import describe_hub_error, load_model
 from unlearn_core.models.presets import PRESETS, get_preset, known_model_ids
 from unlearn_core.saes.loading import load_sae, resolve_local_path
@@ -213,9 +213,10 @@ def test_local_copy_of_a_gemma_scope_2_folder_loads(tmp_path):
 
 
 def test_sae_that_does_not_fit_the_model_is_refused(tiny_lm):
+    from tiny_models import random_jumprelu_sae
+
     from unlearn_core.ablation.interventions import Intervention, LatentSelection
-    from unlearn_core.experiments.bench import random_jumprelu_sae
-    from unlearn_core.experiments.evaluate import check_selections_fit_model
+    from unlearn_core.forget_set.selections import check_selections_fit_model
 
     wrong_width = random_jumprelu_sae(16, 8, "blocks.1.hook_resid_post")
     with pytest.raises(FeatureListError, match="trained on another model"):

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from conftest import make_tiny_model, tiny_sae
+from tiny_models import make_tiny_model, tiny_sae
 
 from unlearn_core.ablation.interventions import (
     Intervention,

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import random_jumprelu_sae
 
+from unlearn_core.ablation.conditions import Condition
 from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervened
 from unlearn_core.data.texts import load_texts
-from unlearn_core.experiments.bench import random_jumprelu_sae
 from unlearn_core.experiments.evaluate import EvaluationConfig, run_evaluation
 from unlearn_core.forget_set.lists import Latent, SaeEntry, new_feature_list, save_feature_list
-from unlearn_core.scoring.evaluation import Condition, generate, perplexity, perplexity_one_at_a_time
+from unlearn_core.scoring.generation import generate
+from unlearn_core.scoring.perplexity import perplexity, perplexity_one_at_a_time
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -72,7 +74,7 @@ def test_run_evaluation_all_conditions(real_lm, tmp_path):
         forget_set=str(_feature_list_with_local_sae(tmp_path)),
         mode="clamp", value=5.0, texts=("wikitext2", "hp-fanwiki"), probes=(str(probes),), max_texts=3, seed=1,
     )
-    res = run_evaluation(config, lm=real_lm)
+    res = run_evaluation(config, lm=real_lm).to_dict()
     conds = res["conditions"]
     assert list(conds) == ["baseline", "ablated", "reconstruction_only", "random_control"]
     for entry in conds.values():

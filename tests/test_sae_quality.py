@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import random_jumprelu_sae
 
-from unlearn_core.experiments.bench import random_jumprelu_sae
 from unlearn_core.training.quality import measure_quality
 
 TEXTS = ["A short text about rivers and hills.", "Another line, with numbers 1 2 3.", "The third and last one."]
@@ -36,7 +36,7 @@ def test_a_perfect_sae_recovers_everything(tiny_lm):
 
 def test_fve_is_mean_centred(tiny_lm):
     from unlearn_core.scoring.activations import collect_activations
-    from unlearn_core.scoring.evaluation import tokenize_with_bos
+    from unlearn_core.scoring.batching import tokenize_with_bos
 
     hook = "blocks.1.hook_resid_post"
     acts = collect_activations(tiny_lm, tokenize_with_bos(tiny_lm, TEXTS), [hook]).acts[hook]

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ByteTokenizer
 from sae_lens import SAE
+from tiny_models import ByteTokenizer
 
 from unlearn_core.errors import InputError
 from unlearn_core.explain.dashboards import Dashboards

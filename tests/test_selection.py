@@ -8,11 +8,12 @@ import random
 
 import pytest
 import torch
+from tiny_models import tiny_sae
 
-from tests.conftest import tiny_sae
+from unlearn_core.ablation.conditions import Condition, random_selections
 from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervened
 from unlearn_core.errors import InputError
-from unlearn_core.experiments.evaluate import EvaluationConfig, reference_activations, resolve_intervention
+from unlearn_core.experiments.evaluate import EvaluationConfig, resolve_intervention
 from unlearn_core.experiments.report import evaluation_headline, evaluation_markdown, sweep_markdown, targets_met
 from unlearn_core.experiments.sweep import (
     SweepConfig,
@@ -23,7 +24,8 @@ from unlearn_core.experiments.sweep import (
     selectivity,
 )
 from unlearn_core.forget_set.lists import load_feature_list, save_feature_list
-from unlearn_core.scoring.evaluation import Condition, random_selections, tokenize_with_bos
+from unlearn_core.forget_set.selections import reference_activations
+from unlearn_core.scoring.batching import tokenize_with_bos
 from unlearn_core.selection.rules import latent_scores, select_latents
 from unlearn_core.selection.stats import LatentStats, cached_latent_stats, compute_latent_stats, stats_sequences
 from unlearn_core.selection.suggest import SelectConfig, suggest, suggested_feature_list

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from unlearn_core.data.texts import load_texts
-from unlearn_core.explain.dashboards import AUTO_LABEL_PREFIX, dashboards_for
+from unlearn_core.explain.dashboard_cache import dashboards_for
+from unlearn_core.explain.dashboards import AUTO_LABEL_PREFIX
 from unlearn_core.models.presets import REPO_ROOT, get_preset
 from unlearn_core.saes.loading import load_sae
 from unlearn_core.training.quality import measure_quality

@@ -29,7 +29,7 @@ from unlearn_core.ablation.interventions import Intervention, LatentSelection, i
 from unlearn_core.data.texts import load_texts
 from unlearn_core.models.loading import LoadedModel, load_model
 from unlearn_core.saes.loading import LoadedSae
-from unlearn_core.scoring.evaluation import perplexity, perplexity_one_at_a_time
+from unlearn_core.scoring.perplexity import perplexity, perplexity_one_at_a_time
 
 BENCH_LAYERS = (5, 9, 12)
 
@@ -65,7 +65,7 @@ _STUDY_LOOP_SCRIPT = """
 import json, sys, time
 import torch
 from unlearn_core.models import loading as models
-from unlearn_core.scoring.evaluation import perplexity_one_at_a_time
+from unlearn_core.scoring.perplexity import perplexity_one_at_a_time
 from unlearn_core.data.texts import load_texts
 models.keep_freed_memory = lambda: False  # the study ran with the default allocator
 torch.set_num_threads(int(sys.argv[2]))

@@ -5,24 +5,29 @@ key that depends only on what determines its number (model, the condition's SAEs
 exact texts and limits), so a caller can cache cells: the baseline is computed once however often the forget set
 changes, and a run that was stopped resumes where it left off.
 
-Conditions offered (see :func:`comparison_conditions`):
-
-* ``baseline``: the unhooked model;
-* ``ablated: all layers``: the whole forget set edited at once (only when it spans several SAEs);
-* ``ablated: layer L``: each SAE's part of the forget set on its own;
-* ``reconstruction only``: the SAEs spliced in with nothing edited. With the error term kept this *is* the
-  baseline (x + decode(f) - decode(f) = x), so it is reported as identical without re-running; in the study's
-  ``replace`` mode it measures the SAEs' reconstruction error alone;
-* ``random control``: per SAE as many random latents (seeded, disjoint from the forget set), edited the same way.
+The conditions come from :func:`unlearn_core.ablation.conditions.build_conditions` with ``per_layer=True``
+(baseline, all layers together, each layer alone, and the controls), the same builder ``evaluate`` and ``sweep``
+use; a condition equal to the baseline (:attr:`Condition.same_as_baseline`) is reported as such, not re-run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterator, Sequence
 
+__all__ = ["ABLATED", "BASELINE", "CONTROLS", "RANDOM_CONTROL", "RECONSTRUCTION_ONLY", "per_layer_name"]
+
+from unlearn_core.ablation.conditions import (
+    ABLATED,
+    BASELINE,
+    CONTROLS,
+    RANDOM_CONTROL,
+    RECONSTRUCTION_ONLY,
+    Condition,
+    build_conditions,
+    per_layer_name,
+)
 from unlearn_core.ablation.interventions import Intervention, LatentSelection
 from unlearn_core.data.probes import ProbeSet
 from unlearn_core.data.texts import TextSet
@@ -30,20 +35,12 @@ from unlearn_core.errors import InputError
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.scoring.evaluation import (
     DEFAULT_BATCH_TOKENS,
-    Condition,
     PerplexityResult,
     ProbeResult,
     generate,
     iter_perplexity,
     probe_scores,
-    random_selections,
 )
-
-BASELINE = "baseline"
-ALL_LAYERS = "ablated: all layers"
-RECONSTRUCTION_ONLY = "reconstruction only"
-RANDOM_CONTROL = "random control"
-CONTROLS: tuple[str, ...] = (RECONSTRUCTION_ONLY, RANDOM_CONTROL)
 
 DEFAULT_COMPARE_TEXTS = 16
 """Texts per set scored by default in the app: enough for a stable ratio, fast enough to watch."""
@@ -51,49 +48,29 @@ DEFAULT_COMPARE_SEQ_LEN = 256
 DEFAULT_NEW_TOKENS = 40
 
 
-def per_layer_name(layer: int) -> str:
-    return f"ablated: layer {layer}"
-
-
 def comparison_conditions(
     selections: Sequence[LatentSelection],
     intervention: Intervention,
     *,
-    all_layers: bool = True,
     per_layer: bool = True,
     controls: Sequence[str] = CONTROLS,
     seed: int = 0,
 ) -> list[Condition]:
-    """Baseline, the forget set's ablations (all SAEs together and/or each alone) and the requested controls.
-
-    SAEs with no chosen latents are left out. With a single SAE, "all layers" and its per-layer condition coincide,
-    so only the per-layer one is returned.
-    """
+    """Baseline, the forget set's ablations (all SAEs together, and each alone with ``per_layer``) and the
+    requested controls. SAEs with no chosen latents are left out."""
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise InputError(f"unknown control(s) {unknown}; choose from {list(CONTROLS)}")
     chosen = tuple(s for s in selections if s.latents)
-    out = [Condition(BASELINE)]
     if not chosen:
-        return out
-    if all_layers and len(chosen) > 1:
-        out.append(Condition(ALL_LAYERS, chosen, intervention))
-    if per_layer or len(chosen) == 1:
-        for sel in chosen:
-            name = per_layer_name(sel.sae.layer)
-            if any(c.name == name for c in out):  # two SAEs at one layer (different sites): name them by hook
-                name = f"ablated: {sel.sae.hook_name}"
-            out.append(Condition(name, (sel,), intervention))
-    if RECONSTRUCTION_ONLY in controls:
-        out.append(Condition(RECONSTRUCTION_ONLY, tuple(LatentSelection(s.sae, ()) for s in chosen), intervention))
-    if RANDOM_CONTROL in controls:
-        out.append(Condition(RANDOM_CONTROL, random_selections(chosen, seed), intervention))
-    return out
+        return [Condition(BASELINE)]
+    names = (BASELINE, ABLATED, *[c for c in CONTROLS if c in controls])
+    return build_conditions(names, chosen, intervention, seed, per_layer=per_layer)
 
 
 def same_as_baseline(condition: Condition) -> bool:
-    """True when a condition provably computes the baseline: no latent edited and the error term kept."""
-    return condition.name == BASELINE or (condition.n_latents == 0 and condition.intervention.keeps_error_term)
+    """True when a condition provably computes the baseline (see :attr:`Condition.same_as_baseline`)."""
+    return condition.same_as_baseline
 
 
 def _digest(payload: object) -> str:
@@ -104,7 +81,7 @@ def condition_key(lm: LoadedModel, condition: Condition) -> str:
     """What determines a condition's outputs: the model, and (unless it equals the baseline) every SAE, site,
     latent and the intervention. Two conditions with the same key give the same numbers."""
     model = [lm.preset.name, str(lm.dtype), lm.device]
-    if same_as_baseline(condition):
+    if condition.same_as_baseline:
         return _digest({"model": model, "condition": BASELINE})
     from unlearn_core.ablation.interventions import hook_name_for
 
@@ -157,13 +134,3 @@ def generation_cell(
 ) -> str:
     """One continuation; greedy unless ``temperature`` > 0 (then seeded, so it is reproducible)."""
     return generate(lm, prompt, condition, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-
-
-def selectivity(forget_ratio: float, retain_ratio: float) -> float | None:
-    """ln(forget perplexity ratio) / ln(retain perplexity ratio): how much more the forget text is hurt.
-
-    None when the retain ratio is 1 (undefined) or either ratio is not positive.
-    """
-    if forget_ratio <= 0 or retain_ratio <= 0 or math.isclose(retain_ratio, 1.0, abs_tol=1e-12):
-        return None
-    return math.log(forget_ratio) / math.log(retain_ratio)

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from unlearn_core.experiments.sweep import forget_score, selectivity
+from unlearn_core.experiments.results import selectivity
+from unlearn_core.experiments.sweep import forget_score
 
 FORGET_TEXTS = ("hp-fanwiki",)
 RETAIN_TEXTS = ("wikitext2",)

@@ -20,13 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from unlearn_core.ablation.conditions import Condition, random_selections
 from unlearn_core.ablation.interventions import Intervention, LatentSelection
 from unlearn_core.data.probes import load_probes
 from unlearn_core.data.texts import load_texts
 from unlearn_core.errors import InputError
+from unlearn_core.experiments.results import MeasureOptions, StageProgressFn, measure_condition, selectivity
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.saes.loading import LoadedSae
-from unlearn_core.scoring.evaluation import DEFAULT_BATCH_TOKENS, Condition, perplexity, probe_scores, random_selections
+from unlearn_core.scoring.evaluation import DEFAULT_BATCH_TOKENS
 from unlearn_core.selection.rules import ScoredLatent
 
 DEFAULT_NS: tuple[int, ...] = (10, 20, 40)
@@ -34,7 +36,6 @@ DEFAULT_INTERVENTIONS: tuple[str, ...] = ("zero", "clamp:2x", "clamp:4x", "clamp
 DEFAULT_LAYER_SETS: tuple[str, ...] = ("all",)
 DEFAULT_RETAIN_PPL_BUDGET = 0.10
 DEFAULT_RETAIN_PROBE_BUDGET = 0.05
-StageProgressFn = Callable[[str, int, int], None]
 
 def parse_layer_set(spec: str, available: Sequence[int]) -> tuple[int, ...]:
     """``all`` or layers joined by ``+`` (``9+12``), each one of ``available``."""
@@ -106,13 +107,6 @@ def headline(base: Measurement, point: Measurement) -> dict[str, float]:
     }
 
 
-def selectivity(forget_ratio: float, retain_ratio: float) -> float | None:
-    """ln(forget PPL ratio) / ln(retain PPL ratio); None when retain perplexity did not rise (unbounded)."""
-    if retain_ratio <= 1.0 or forget_ratio <= 0:
-        return None
-    return math.log(forget_ratio) / math.log(retain_ratio)
-
-
 def forget_score(forget_ppl_ratio: float, forget_top1_change: float) -> float:
     """``ln(PPL ratio)/ln 2 + drop/0.5``: each term is 1.0 at its headline target (2x perplexity, -50% top-1)."""
     return math.log(forget_ppl_ratio) / math.log(2) + (-forget_top1_change) / 0.5
@@ -148,30 +142,23 @@ def point_selections(
 
 
 class Measurer:
-    """Measures conditions on fixed text and probe sets (loaded once)."""
+    """Measures conditions on the sweep's fixed text and probe sets (loaded once), through the same
+    :func:`~unlearn_core.experiments.results.measure_condition` as ``evaluate``."""
 
     def __init__(self, lm: LoadedModel, config: SweepConfig) -> None:
         self.lm = lm
         self.config = config
-        self.forget_texts = load_texts(config.forget_texts, config.max_forget_texts).texts
-        self.retain_texts = load_texts(config.retain_texts, config.max_retain_texts).texts
-        self.forget_probes = load_probes(config.forget_probes)
-        self.retain_probes = load_probes(config.retain_probes)
+        self.text_sets = (load_texts(config.forget_texts, config.max_forget_texts),
+                          load_texts(config.retain_texts, config.max_retain_texts))
+        self.probe_sets = (load_probes(config.forget_probes), load_probes(config.retain_probes))
 
     def measure(self, condition: Condition, progress: StageProgressFn | None = None) -> Measurement:
-        hooks = condition.hooks()
-        c = self.config
-
-        def stage(name: str) -> Callable[[int, int], None] | None:
-            if progress is None:
-                return None
-            return lambda done, total: progress(f"{condition.name} / {name}", done, total)
-
-        forget_ppl = perplexity(self.lm, self.forget_texts, hooks, c.max_seq_len, c.batch_tokens, stage(c.forget_texts))
-        retain_ppl = perplexity(self.lm, self.retain_texts, hooks, c.max_seq_len, c.batch_tokens, stage(c.retain_texts))
-        forget_pr = probe_scores(self.lm, self.forget_probes, hooks, batch_tokens=c.batch_tokens, progress=stage(c.forget_probes))
-        retain_pr = probe_scores(self.lm, self.retain_probes, hooks, batch_tokens=c.batch_tokens, progress=stage(c.retain_probes))
-        return Measurement(forget_ppl.perplexity, retain_ppl.perplexity, forget_pr.top1, retain_pr.top1)
+        options = MeasureOptions(self.config.max_seq_len, self.config.batch_tokens, progress=progress)
+        scores, _ = measure_condition(self.lm, condition, self.text_sets, self.probe_sets, options)
+        forget_texts, retain_texts = (ts.name for ts in self.text_sets)
+        forget_probes, retain_probes = (ps.name for ps in self.probe_sets)
+        return Measurement(scores.perplexity[forget_texts], scores.perplexity[retain_texts],
+                           scores.probes[forget_probes].top1, scores.probes[retain_probes].top1)
 
 
 def sweep_points(config: SweepConfig, available_layers: Sequence[int]) -> list[SweepPoint]:

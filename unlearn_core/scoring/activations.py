@@ -16,7 +16,7 @@ from unlearn_core.ablation.interventions import Hook, intervened
 from unlearn_core.errors import InputError
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.saes.loading import layer_of_hook
-from unlearn_core.scoring.evaluation import DEFAULT_BATCH_TOKENS, ProgressCallback, batches_by_length, right_padded
+from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, ProgressCallback, batches_by_length, right_padded
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from unlearn_core.errors import InputError
 from unlearn_core.models.loading import LoadedModel, cache_dir
 from unlearn_core.saes.loading import LoadedSae
 from unlearn_core.scoring.activations import iter_activations
-from unlearn_core.scoring.evaluation import DEFAULT_BATCH_TOKENS, ProgressCallback
+from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, ProgressCallback
 
 CACHE_FORMAT = 2
 DEFAULT_STATS_TOKENS = 100_000

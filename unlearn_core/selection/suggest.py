@@ -19,7 +19,7 @@ from unlearn_core.forget_set.lists import FeatureList, Latent, SaeEntry, new_fea
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.models.presets import ModelPreset
 from unlearn_core.saes.loading import LoadedSae, load_sae
-from unlearn_core.scoring.evaluation import DEFAULT_BATCH_TOKENS, ProgressCallback
+from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, ProgressCallback
 from unlearn_core.selection.rules import (
     DEFAULT_METHOD,
     DEFAULT_MIN_FORGET_FREQ,

@@ -16,7 +16,8 @@ from typing import Any
 
 from unlearn_core.data.texts import BUILTIN_TEXTS, load_texts
 from unlearn_core.errors import InputError, UnlearnError
-from unlearn_core.explain.dashboards import DASHBOARD_FILE, compute_dashboards
+from unlearn_core.explain.dashboard_build import compute_dashboards
+from unlearn_core.explain.dashboards import DASHBOARD_FILE
 from unlearn_core.files import write_json_atomic
 from unlearn_core.models.loading import LoadedModel, cache_dir, load_model
 from unlearn_core.training.activation_cache import ActivationCache, build_activation_cache

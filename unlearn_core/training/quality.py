@@ -19,7 +19,7 @@ import torch
 
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.scoring.activations import iter_activations
-from unlearn_core.scoring.evaluation import ProgressCallback, score_tokens, tokenize_with_bos
+from unlearn_core.scoring.batching import ProgressCallback, score_tokens, tokenize_with_bos
 
 ENCODE_CHUNK = 4096
 
