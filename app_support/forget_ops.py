@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from unlearn_core.forget_set.lists import add_latents, check_model_matches, remove_latents
+from unlearn_core.forget_set import add_latents, check_model_matches, remove_latents
 from unlearn_core.models.presets import SaeFamily
 
 from . import state

@@ -1,18 +1,26 @@
 """The frame every page shares: the sidebar (model, SAEs, intervention) and the loaded workspace.
 
-``app.py`` draws the sidebar once per run with :func:`draw_sidebar`, around ``st.navigation``, before the page
-runs; the page reads the choices with :func:`current_settings`, or gets them with the loaded model and SAEs from
-:func:`page_setup`. Its widgets are drawn on every run, so their values survive page switches by themselves.
+``app.py`` draws the sidebar once per run, around the page: ``with shell.frame(): page.run()``. The page reads the
+choices with :func:`current_settings`, or gets them with the loaded model and SAEs from :func:`page_setup`. The
+sidebar's widgets are drawn on every run, so their values survive page switches by themselves.
+
+One exception: a folder named ``pages/`` next to ``app.py`` makes Streamlit fall back to its legacy multipage mode
+when no ``st.navigation`` call has been seen yet in this process, which runs a page *without* ``app.py``. Streamlit's
+AppTest does so on every run after the first, and so does a fresh server whose first visitor opens a page's URL.
+:func:`page_setup` then draws the frame itself, so the page looks and behaves the same.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import streamlit as st
 import torch
 
 from unlearn_core.ablation.interventions import DEFAULT_VALUES, Intervention
 from unlearn_core.errors import UnlearnError
-from unlearn_core.models.loading import hf_token_available
+from unlearn_core.models.hub import hf_token_available
 from unlearn_core.models.presets import DEFAULT_PRESET, PRESETS
 
 from . import state
@@ -89,6 +97,23 @@ def draw_sidebar() -> state.Settings:
     return settings
 
 
+@contextmanager
+def frame() -> Iterator[state.Settings]:
+    """app.py's frame around the page: draw the sidebar once for this run; the page reads its settings."""
+    session = state.session()
+    settings = _draw_frame()
+    session.sidebar_drawn = True
+    try:
+        yield settings
+    finally:  # also when the page stops or reruns (st.stop, st.rerun raise)
+        session.sidebar_drawn = False
+
+
+def _draw_frame() -> state.Settings:
+    state.keep_widget_state()
+    return draw_sidebar()
+
+
 def current_settings() -> state.Settings:
     """The sidebar's choices in this run (app.py draws the sidebar before the page runs)."""
     settings = state.session().settings
@@ -133,6 +158,8 @@ def load_workspace(ws: state.Workspace) -> None:
 def page_setup(needs_model: bool = True) -> state.Workspace:
     """This run's workspace from the sidebar's settings; load the model (once per process) when the page needs it
     or it is already loaded. Failures become ``ws.error``, a message for the page to show."""
+    if not state.session().sidebar_drawn:
+        _draw_frame()  # the page runs without app.py (Streamlit's legacy pages/ mode, see the module's docstring)
     ws = state.Workspace.from_settings(current_settings())
     state.session().workspace = ws
     if needs_model or model_is_loaded(ws.preset.name, ws.device, ws.dtype):

@@ -8,7 +8,7 @@
   ``st.session_state`` under that key: :func:`widget_value`, :func:`set_widget` and :func:`widget_default` are the
   way to read or preset it outside the widget call (in a button callback, before the widget is drawn).
 
-The forget set is a :class:`unlearn_core.forget_set.lists.FeatureList`; it is edited in place only through the
+The forget set is a :class:`unlearn_core.forget_set.FeatureList`; it is edited in place only through the
 helpers here and in :mod:`app_support.forget_ops`, and every edit is checked against the saved copy so the app can
 warn about unsaved changes. Nothing here touches the model: that is shared, read-only, in :mod:`app_support.resources`.
 """
@@ -25,7 +25,7 @@ import streamlit as st
 
 from unlearn_core.ablation.interventions import Intervention
 from unlearn_core.explain.explore import ExploreResult
-from unlearn_core.forget_set.lists import FeatureList, content_signature, new_feature_list
+from unlearn_core.forget_set import FeatureList, content_signature, new_feature_list
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.models.presets import DEFAULT_PRESET, REPO_ROOT, ModelPreset, SaeFamily, get_preset
 from unlearn_core.saes.loading import LoadedSae
@@ -44,7 +44,7 @@ def feature_list_dir() -> Path:
 
 def openable_lists() -> dict[str, Path]:
     """Feature lists the Open menu offers: the user's folder, then the shipped lists it does not shadow."""
-    from unlearn_core.forget_set.lists import list_feature_lists
+    from unlearn_core.forget_set import list_feature_lists
 
     found: dict[str, Path] = {}
     for directory in (feature_list_dir(), SHIPPED_LIST_DIR):
@@ -254,7 +254,9 @@ class Session:
     neuronpedia_down: tuple[float, str] | None = None
     """(monotonic time until which Neuronpedia is not asked again, the reason)."""
     settings: Settings | None = None
-    """The sidebar's choices, set by app.py on every run before the page runs."""
+    """The sidebar's choices in this run (app_support.shell draws the sidebar before the page's body runs)."""
+    sidebar_drawn: bool = False
+    """True while app.py's frame (sidebar drawn for this run) is around the running page."""
     workspace: Workspace | None = None
     """This run's workspace, set by the page's :func:`app_support.shell.page_setup`."""
 

@@ -9,17 +9,17 @@ import streamlit as st
 from unlearn_core.ablation.interventions import Intervention
 from unlearn_core.data.texts import BUILTIN_TEXTS, selection_split, texts_from_bytes
 from unlearn_core.errors import UnlearnError
-from unlearn_core.forget_set.lists import check_model_matches
+from unlearn_core.forget_set import check_model_matches, merge_feature_list
 from unlearn_core.selection.rules import DEFAULT_TOP, METHODS
 from unlearn_core.selection.stats import DEFAULT_STATS_TOKENS
 from unlearn_core.selection.suggest import (
     DEFAULT_INTERVENTION,
     SelectConfig,
     suggest,
+    suggested_feature_list,
 )
 
 from . import shell, state
-from .forget_ops import apply_ticks
 
 UPLOAD = "a text file (upload)…"
 METHOD_HELP = {
@@ -84,12 +84,9 @@ def render(ws: state.Workspace) -> None:
         _run(ws, SelectConfig(forget=forget_name, retain=retain_name, method=method, top=top, stats_tokens=tokens),
              forget_texts, retain_texts)
     recommended, source = DEFAULT_INTERVENTION.to_dict(), "the best point of the committed sweep"
-    listed = state.forget_set().extra.get("intervention")
+    listed = state.forget_set().intervention  # validated when the list was loaded
     if listed is not None:
-        try:
-            recommended, source = Intervention.from_dict(listed, "this list").to_dict(), "this list"
-        except UnlearnError as exc:
-            st.warning(f"This list's recommended intervention is unusable: {exc}")
+        recommended, source = listed.to_dict(), "this list"
     st.caption(f"Recommended intervention: {Intervention.from_dict(recommended, 'recommended').describe()} "
                f"(from {source}; docs/selection.md).")
     st.button("Use the recommended intervention", on_click=use_recommended_intervention, args=(recommended,),
@@ -125,21 +122,12 @@ def _run(ws: state.Workspace, config: SelectConfig, forget_texts: tuple[str, ...
         st.error(f"No suggestion: {type(exc).__name__}: {exc}. The forget set is unchanged.")
         return
     bar.empty()
-    family = ws.preset.family(ws.family_name)
-    total = 0
-    for sae in ws.saes:
-        picks = chosen.get(sae.ref, [])
-        added, _ = apply_ticks(family, sae.layer, ws.preset.model_id, [c.id for c in picks], [],
-                               notes={c.id: c.note(config.method) for c in picks})
-        entry = next(e for e in fl.saes if e.sae == sae.ref and e.hook_name == sae.hook_name) if picks else None
-        by_id = {c.id: c for c in picks}
-        for lat in entry.latents if entry else []:
-            if lat.id in by_id:
-                lat.extra["stats"] = by_id[lat.id].stats()
-        total += len(added)
-    fl.extra.setdefault("intervention", DEFAULT_INTERVENTION.to_dict())
-    fl.extra["selection"] = {"method": config.method, "forget": config.forget, "retain": config.retain,
-                             "top": config.top, "stats_tokens": config.stats_tokens}
+    try:
+        # the CLI's builder (notes, stats, selection record with the preset, intervention), merged into the list
+        total = merge_feature_list(fl, suggested_feature_list(ws.lm, ws.saes, chosen, config))
+    except UnlearnError as exc:
+        st.error(f"No suggestion: {exc}")
+        return
     state.bump_version()
     state.flash(f"Added {total} suggested latent(s) ({config.method} rule, {config.top} per layer). "
                 "Press 'Use the recommended intervention', then compare on the Compare page.")

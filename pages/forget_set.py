@@ -13,7 +13,7 @@ from app_support.forget_ops import apply_ticks
 from app_support.resources import get_dashboards
 from app_support.state import Key
 from unlearn_core.errors import UnlearnError
-from unlearn_core.forget_set.lists import (
+from unlearn_core.forget_set import (
     FeatureList,
     check_model_matches,
     feature_list_from_bytes,

@@ -52,7 +52,7 @@ from unlearn_core.experiments.compare import (
     comparison_conditions,
     perplexity_cell,
 )
-from unlearn_core.forget_set.lists import load_feature_list
+from unlearn_core.forget_set import load_feature_list
 from unlearn_core.ablation.interventions import Intervention, LatentSelection
 from unlearn_core.saes.loading import load_sae
 from unlearn_core.data.texts import load_texts

@@ -23,8 +23,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-hp-frequency", type=float, default=0.002, help="ignore latents rarer than this on HP text")
     parser.add_argument("--source", default="hp-fanwiki", help="the corpus source to contrast with the others")
     args = parser.parse_args(argv)
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
 
     from unlearn_core.explain.dashboards import DASHBOARD_FILE, Dashboards

@@ -83,10 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--force", action="store_true", help="replace an existing file")
     args = parser.parse_args(argv)
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     from unlearn_core.errors import UnlearnError
-    from unlearn_core.forget_set.lists import FeatureList, Latent, SaeEntry, save_feature_list
+    from unlearn_core.forget_set import FeatureList, Latent, SaeEntry, save_feature_list
     from unlearn_core.models.presets import get_preset
 
     family = get_preset("gemma-3-270m-offline").family()

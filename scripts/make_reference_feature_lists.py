@@ -34,10 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace existing files")
     args = parser.parse_args(argv)
 
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     from unlearn_core.errors import UnlearnError
-    from unlearn_core.forget_set.lists import from_reference_study, save_feature_list
+    from unlearn_core.forget_set import from_reference_study, save_feature_list
 
     try:
         lists = from_reference_study(args.seed)

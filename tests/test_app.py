@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from app_support.state import SESSION_KEY, Session
 from unlearn_core.data.texts import load_texts
-from unlearn_core.forget_set.lists import content_signature, load_feature_list
+from unlearn_core.forget_set import content_signature, load_feature_list
 from unlearn_core.scoring.generation import generate
 from unlearn_core.scoring.perplexity import perplexity
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearn_core.forget_set.lists import load_feature_list
+from unlearn_core.forget_set import load_feature_list
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("UNLEARN_CHROMIUM", "/usr/bin/chromium")

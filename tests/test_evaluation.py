@@ -9,20 +9,14 @@ import pytest
 import torch
 from tiny_models import tiny_sae
 
+from unlearn_core.ablation.conditions import Condition, build_conditions, random_selections
 from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervened
 from unlearn_core.data.probes import load_probes
 from unlearn_core.errors import InputError
-from unlearn_core.scoring.evaluation import (
-    Condition,
-    build_conditions,
-    generate,
-    perplexity,
-    perplexity_one_at_a_time,
-    probe_scores,
-    random_selections,
-    score_tokens,
-    tokenize_with_bos,
-)
+from unlearn_core.scoring.batching import score_tokens, tokenize_with_bos
+from unlearn_core.scoring.generation import generate, prompt_token_ids
+from unlearn_core.scoring.perplexity import perplexity, perplexity_one_at_a_time
+from unlearn_core.scoring.probes import probe_scores
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -175,8 +169,6 @@ def test_long_probe_prompt_keeps_bos_and_scores_the_answer(tiny_lm, tmp_path):
 
 
 def test_long_generation_prompt_keeps_its_end(tiny_lm):
-    from unlearn_core.scoring.evaluation import prompt_token_ids
-
     ids = prompt_token_ids(tiny_lm, "x" * 500 + "END", 10)
     assert ids[0] == tiny_lm.bos_token_id and len(ids) == 10
     assert tiny_lm.tokenizer.decode(ids[1:]).endswith("END")

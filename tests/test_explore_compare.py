@@ -24,7 +24,7 @@ from unlearn_core.experiments.compare import (
 )
 from unlearn_core.experiments.results import selectivity
 from unlearn_core.explain.explore import explore, prepare_prompts, split_prompts
-from unlearn_core.forget_set.lists import (
+from unlearn_core.forget_set import (
     add_latents,
     check_model_matches,
     content_signature,

@@ -1,4 +1,4 @@
-"""Tests for unlearn_core.forget_set.lists (pure Python, no models)."""
+"""Tests for unlearn_core.forget_set (pure Python, no models)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ from typing import Any
 
 import pytest
 
-import unlearn_core.forget_set.lists as flm
+import unlearn_core.forget_set.io as flm
+from unlearn_core.ablation.interventions import Intervention
 from unlearn_core.errors import FeatureListError
-from unlearn_core.forget_set.lists import (
+from unlearn_core.forget_set import (
     FeatureList,
     Latent,
+    LatentStats,
     SaeEntry,
+    SelectionRecord,
     check_latents_fit,
+    feature_list_from_bytes,
+    feature_list_json,
     from_reference_study,
     list_feature_lists,
     load_feature_list,
@@ -564,3 +569,179 @@ def test_from_reference_study_rejects_other_files(tmp_path: Path) -> None:
     path.write_text(json.dumps(valid_dict()), encoding="utf-8")
     with pytest.raises(FeatureListError, match="not a reference-study latent file"):
         from_reference_study(path)
+
+
+# ---------------------------------------------------------------- typed stats, selection and intervention
+
+OLD_STATS = {"score": 0.16949756, "forget_freq": 0.03059, "retain_freq": 0.00011, "forget_mean_act": 28.178321,
+             "retain_mean_act": 14.567701, "forget_max_act": 59.883503}
+OLD_SELECTION = {"forget": "hp-fanwiki", "retain": "wikitext2", "method": "ratio", "top": 20, "retain_threshold": None,
+                 "min_forget_freq": 0.0005, "stats_tokens": 100000, "stats_seq_len": 256, "batch_tokens": 2048,
+                 "forget_corpus": "hp-fanwiki-select", "retain_corpus": "wikitext2-train", "preset": "gemma-2-2b",
+                 "command": "python -m unlearn_core select --forget hp-fanwiki"}
+OLD_INTERVENTION = {"mode": "clamp", "value": 4.0, "relative": True, "hook_site": "trained"}
+
+
+def suggested_dict() -> dict[str, Any]:
+    """A list as ``select`` writes it today (stats, selection and intervention in the file)."""
+    data = valid_dict()
+    for i, lat in enumerate(data["saes"][0]["latents"]):
+        lat["stats"] = {**OLD_STATS, "score": OLD_STATS["score"] / (i + 1)}
+    data["selection"] = dict(OLD_SELECTION)
+    data["intervention"] = dict(OLD_INTERVENTION)
+    return data
+
+
+def test_old_style_file_loads_into_typed_fields(tmp_path: Path) -> None:
+    data = suggested_dict()
+    text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+    path = tmp_path / "old.json"
+    path.write_text(text, encoding="utf-8")
+    fl = load_feature_list(path)
+    assert fl.extra == {} and all(lat.extra == {} for e in fl.saes for lat in e.latents)
+    assert fl.intervention == Intervention("clamp", 4.0, relative=True)
+    assert isinstance(fl.selection, SelectionRecord)
+    assert (fl.selection.method, fl.selection.top, fl.selection.retain_threshold) == ("ratio", 20, None)
+    assert (fl.selection.forget_corpus, fl.selection.preset) == ("hp-fanwiki-select", "gemma-2-2b")
+    assert fl.selection.command.startswith("python -m unlearn_core select")
+    stats = fl.saes[0].latents[0].stats
+    assert isinstance(stats, LatentStats) and stats.forget_mean_act == 28.178321 and stats.forget_freq == 0.03059
+    assert fl.saes[1].latents[0].stats is None
+    assert feature_list_json(fl) == text  # byte for byte, key order included
+    assert fl.to_dict() == data
+
+
+def test_list_from_the_apps_suggest_panel_loads() -> None:
+    """The app wrote ``intervention`` first and a shorter ``selection``, in its own key order."""
+    data = valid_dict()
+    data["saes"][0]["latents"][0]["stats"] = dict(OLD_STATS)
+    data["intervention"] = dict(OLD_INTERVENTION)
+    data["selection"] = {"method": "ratio", "forget": "hp-fanwiki", "retain": "wikitext2", "top": 20, "stats_tokens": 20000}
+    fl = parse(data)
+    assert fl.selection == SelectionRecord(method="ratio", forget="hp-fanwiki", retain="wikitext2", top=20, stats_tokens=20000)
+    assert fl.intervention == Intervention("clamp", 4.0, relative=True) and fl.extra == {}
+    assert fl.to_dict() == data
+
+
+def test_typed_fields_round_trip(tmp_path: Path) -> None:
+    fl = parse(valid_dict())
+    fl.saes[0].latents[0].stats = LatentStats(score=1.5, forget_freq=0.25, retain_freq=0.0, forget_mean_act=3.0)
+    fl.selection = SelectionRecord(method="frequency", forget="a.txt", retain="b.txt", top=3, retain_threshold=0.01)
+    fl.intervention = Intervention("scale", 0.5)
+    again = load_feature_list(save_feature_list(fl, tmp_path / "typed.json"))
+    assert again.saes[0].latents[0].stats == fl.saes[0].latents[0].stats
+    assert again.selection == fl.selection and again.intervention == fl.intervention
+    assert again.to_dict() == fl.to_dict()
+    raw = json.loads((tmp_path / "typed.json").read_text(encoding="utf-8"))
+    assert raw["saes"][0]["latents"][0]["stats"] == {"score": 1.5, "forget_freq": 0.25, "retain_freq": 0.0,
+                                                     "forget_mean_act": 3.0}
+    assert raw["selection"] == {"forget": "a.txt", "retain": "b.txt", "method": "frequency", "top": 3,
+                                "retain_threshold": 0.01}
+    assert raw["intervention"] == {"mode": "scale", "value": 0.5, "relative": False, "hook_site": "trained"}
+    again.intervention = again.selection = None
+    again.saes[0].latents[0].stats = None
+    assert again.to_dict() == valid_dict() | {"updated": again.updated}
+
+
+def test_unknown_and_null_keys_of_typed_fields_are_kept() -> None:
+    data = suggested_dict()
+    data["saes"][0]["latents"][0]["stats"]["retain_max_act"] = 7.5
+    data["saes"][0]["latents"][1]["stats"] = None
+    data["selection"]["seed_texts"] = ["x"]
+    data["selection"]["top"] = None
+    fl = parse(data)
+    assert fl.saes[0].latents[0].stats.extra == {"retain_max_act": 7.5}
+    assert fl.saes[0].latents[1].stats is None
+    assert fl.selection.top is None and fl.selection.extra["seed_texts"] == ["x"]
+    assert fl.to_dict() == data
+    data = valid_dict() | {"intervention": None, "selection": None}
+    fl = parse(data)
+    assert fl.intervention is None and fl.selection is None and fl.to_dict() == data
+    fl.intervention = Intervention("zero")
+    assert fl.to_dict()["intervention"]["mode"] == "zero"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d["saes"][0]["latents"][2]["stats"].update(forget_freq=1.5),
+         "saes[0].latents[2].stats.forget_freq must be in [0, 1], got 1.5"),
+        (lambda d: d["saes"][0]["latents"][0]["stats"].update(score="high"),
+         'saes[0].latents[0].stats.score must be a finite number, got "high"'),
+        (lambda d: d["saes"][0]["latents"][0].update(stats=[1, 2]),
+         "saes[0].latents[0].stats must be a JSON object, got a list"),
+        (lambda d: d["selection"].update(top="20"), 'selection.top must be an integer, got "20"'),
+        (lambda d: d["selection"].update(retain_threshold=0), "selection.retain_threshold must be in (0, 1], got 0"),
+        (lambda d: d["selection"].update(method=""), "selection.method must not be empty"),
+        (lambda d: d.update(selection="ratio"), "selection must be a JSON object, got a string"),
+        (lambda d: d.update(intervention=[]), "intervention must be a JSON object, got a list"),
+        (lambda d: d["intervention"].update(mode="melt"), "intervention: unknown intervention mode 'melt'"),
+        (lambda d: d["intervention"].update(value="big"), "intervention: intervention value must be a number"),
+        (lambda d: d["intervention"].update(strength=2), "intervention: unknown intervention field(s) ['strength']"),
+    ],
+)
+def test_typed_fields_are_validated(change: Any, expected: str) -> None:
+    data = suggested_dict()
+    change(data)
+    assert error_of(data).startswith(f"my.json: {expected}")
+
+
+@pytest.mark.parametrize(
+    ("literal", "path", "shown"),
+    [
+        ("1e999", "saes[0].latents[0].stats.score", "Infinity"),
+        ("-1e999", "saes[0].latents[0].stats.score", "-Infinity"),
+        ("NaN", "saes[0].latents[0].stats.score", "NaN"),
+        ("Infinity", "saes[0].latents[0].stats.score", "Infinity"),
+    ],
+)
+def test_non_finite_numbers_rejected_with_their_path(tmp_path: Path, literal: str, path: str, shown: str) -> None:
+    text = json.dumps(suggested_dict()).replace(f'"score": {OLD_STATS["score"]}', f'"score": {literal}', 1)
+    assert literal in text
+    file = tmp_path / "inf.json"
+    file.write_text(text, encoding="utf-8")
+    with pytest.raises(FeatureListError) as info:
+        load_feature_list(file)
+    assert str(info.value).startswith(f"{file}: {path} must be a finite number: {shown} is not valid JSON")
+    with pytest.raises(FeatureListError, match=r"^up\.json: saes\[0\]\.latents\[0\]\.stats\.score must be a finite"):
+        feature_list_from_bytes(text.encode("utf-8"), "up.json")
+
+
+def test_non_finite_numbers_rejected_anywhere() -> None:
+    data = valid_dict()
+    data["my notes"] = {"weights": [1.0, float("nan")]}
+    assert error_of(data).startswith('my.json: ["my notes"].weights[1] must be a finite number: NaN is not valid JSON')
+    data = valid_dict()
+    data["saes"][1]["latents"][0]["activation"] = float("inf")
+    assert "saes[1].latents[0].activation must be a finite number: Infinity" in error_of(data)
+    data = suggested_dict()
+    data["intervention"]["value"] = float("inf")
+    assert "intervention.value must be a finite number" in error_of(data)
+    with pytest.raises(FeatureListError, match=r"^stats: forget_mean_act must be a finite number"):
+        LatentStats.from_dict({"forget_mean_act": float("nan")})
+
+
+def test_save_refuses_non_finite_values(tmp_path: Path) -> None:
+    fl = parse(valid_dict())
+    fl.saes[0].latents[0].stats = LatentStats(score=float("inf"))
+    with pytest.raises(FeatureListError, match=r"saes\[0\]\.latents\[0\]\.stats\.score must be a finite number"):
+        save_feature_list(fl, tmp_path / "inf.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_never_clobbers_a_file_created_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "list.json"
+    target.write_text("theirs", encoding="utf-8")
+    monkeypatch.setattr(flm.os.path, "lexists", lambda p: False)  # the file appears after the existence checks
+    with pytest.raises(FeatureListError, match="already exists"):
+        save_feature_list(parse(valid_dict()), target)
+    assert target.read_text(encoding="utf-8") == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.json"]
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED.glob("*.json")), ids=lambda p: p.name)
+def test_every_shipped_list_reserialises_to_the_same_json(path: Path) -> None:
+    fl = load_feature_list(path)
+    text = path.read_text(encoding="utf-8")
+    assert json.loads(feature_list_json(fl)) == json.loads(text)
+    assert feature_list_json(fl) == text

@@ -10,9 +10,10 @@ from tiny_models import tiny_sae
 from unlearn_core.data.probes import BUILTIN_PROBES, load_probes
 from unlearn_core.data.texts import clean_keywords, hp_keywords, load_texts, split_paragraphs
 from unlearn_core.errors import FeatureListError, InputError, ModelUnavailableError, TextSourceError
-from unlearn_core.forget_set.lists import Latent, SaeEntry, new_feature_list, save_feature_list
+from unlearn_core.forget_set import Latent, SaeEntry, new_feature_list, save_feature_list
 from unlearn_core.forget_set.selections import load_selections, preset_for_feature_list
-from unlearn_core.models.loading import describe_hub_error, load_model
+from unlearn_core.models.hub import describe_hub_error
+from unlearn_core.models.loading import load_model
 from unlearn_core.models.presets import PRESETS, get_preset, known_model_ids
 from unlearn_core.saes.loading import load_sae, resolve_local_path
 

@@ -16,7 +16,7 @@ from unlearn_core.ablation.conditions import Condition
 from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervened
 from unlearn_core.data.texts import load_texts
 from unlearn_core.experiments.evaluate import EvaluationConfig, run_evaluation
-from unlearn_core.forget_set.lists import Latent, SaeEntry, new_feature_list, save_feature_list
+from unlearn_core.forget_set import Latent, SaeEntry, new_feature_list, save_feature_list
 from unlearn_core.scoring.generation import generate
 from unlearn_core.scoring.perplexity import perplexity, perplexity_one_at_a_time
 
@@ -122,7 +122,8 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
 
 def test_cached_transformer_lens_weights_reproduce_the_reference_conversion(real_lm):
     """Later starts rebuild the model from cached TransformerLens weights; it must equal the slow HF -> TL path."""
-    from unlearn_core.models.loading import load_model, offline_checkpoint, wrap_offline_checkpoint
+    from unlearn_core.models.loading import load_model, offline_checkpoint
+    from unlearn_core.models.offline import wrap_offline_checkpoint
 
     fast = load_model("gemma-3-270m-offline", device="cpu", dtype="float32")  # the cache exists after real_lm
     reference = wrap_offline_checkpoint(offline_checkpoint(), real_lm.tokenizer, "google/gemma-3-270m")

@@ -23,7 +23,7 @@ from unlearn_core.experiments.sweep import (
     run_sweep,
     selectivity,
 )
-from unlearn_core.forget_set.lists import load_feature_list, save_feature_list
+from unlearn_core.forget_set import load_feature_list, save_feature_list
 from unlearn_core.forget_set.selections import reference_activations
 from unlearn_core.scoring.batching import tokenize_with_bos
 from unlearn_core.selection.rules import latent_scores, select_latents
@@ -209,12 +209,12 @@ def test_suggested_list_round_trips_with_stats_and_intervention(tiny_lm, tmp_pat
     fl = suggested_feature_list(tiny_lm, saes, chosen, config)
     for entry in fl.saes:
         for lat in entry.latents:
-            assert set(lat.extra["stats"]) >= {"forget_freq", "retain_freq", "forget_mean_act"}
+            assert set(lat.stats.to_dict()) >= {"forget_freq", "retain_freq", "forget_mean_act"}
             assert "forget tokens" in lat.note
     path = save_feature_list(fl, tmp_path / "suggested.json")
     loaded = load_feature_list(path)
-    assert loaded.extra["selection"]["preset"] == tiny_lm.preset.name
-    assert loaded.extra["intervention"] == {"mode": "clamp", "value": 4.0, "relative": True, "hook_site": "trained"}
+    assert loaded.selection.preset == tiny_lm.preset.name
+    assert loaded.intervention.to_dict() == {"mode": "clamp", "value": 4.0, "relative": True, "hook_site": "trained"}
     refs = [reference_activations(e) for e in loaded.saes]
     assert all(r is not None and len(r) == len(e.latents) for r, e in zip(refs, loaded.saes, strict=True))
     assert resolve_intervention(EvaluationConfig(forget_set=str(path)), loaded) == Intervention("clamp", 4.0, relative=True)
@@ -224,7 +224,7 @@ def test_suggested_list_round_trips_with_stats_and_intervention(tiny_lm, tmp_pat
     assert stronger == Intervention("clamp", 6.0, relative=True)
     study = resolve_intervention(EvaluationConfig(forget_set=str(path), hook_site="resid_pre"), loaded)
     assert study.hook_site == "resid_pre"
-    loaded.extra.pop("intervention")
+    loaded.intervention = None
     assert resolve_intervention(EvaluationConfig(forget_set=str(path)), loaded) == Intervention("zero")
     with pytest.raises(InputError, match="--value needs --mode"):
         resolve_intervention(EvaluationConfig(forget_set=str(path), value=3.0), loaded)

@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from unlearn_core.cli import main
-from unlearn_core.forget_set.lists import load_feature_list
+from unlearn_core.forget_set import load_feature_list
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 LAYERS = (5, 9, 12)  # the app's default layers: the CLI tests reuse the statistics the app test computes
@@ -48,7 +48,7 @@ def test_app_suggest_latents_then_recommended_intervention(real_lm, tmp_path, mo
     assert [e.layer for e in fl.saes] == list(LAYERS)
     assert all(len(e.latents) == 12 for e in fl.saes)
     lat = fl.saes[0].latents[0]
-    assert lat.extra["stats"]["forget_freq"] > lat.extra["stats"]["retain_freq"]
+    assert lat.stats.forget_freq > lat.stats.retain_freq
     assert "ratio rule: fires on" in lat.note
     assert any("Added 36 suggested latent(s)" in s.value for s in at.success)
     next(b for b in at.button if b.label == "Use the recommended intervention").click()
@@ -73,9 +73,9 @@ def test_cli_select_then_evaluate_reports_headline(real_lm, tmp_path, small_prob
     assert main(["select", *SAE_ARGS, "--stats-tokens", "20000", "--top", "12", "--out", str(out)]) == 0
     fl = load_feature_list(out)
     assert [e.layer for e in fl.saes] == list(LAYERS)
-    assert fl.extra["intervention"]["relative"] is True
-    assert fl.extra["selection"]["forget_corpus"] == "hp-fanwiki-select"
-    assert "select --sae" in fl.extra["selection"]["command"]
+    assert fl.intervention.relative is True
+    assert fl.selection.forget_corpus == "hp-fanwiki-select"
+    assert "select --sae" in fl.selection.command
     # an existing file is never replaced silently
     assert main(["select", *SAE_ARGS, "--stats-tokens", "20000", "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err

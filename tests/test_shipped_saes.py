@@ -78,7 +78,7 @@ def test_shipped_dashboards_describe_live_latents(real_lm):
 
 def test_the_example_harry_potter_list_names_live_latents_of_the_bundled_saes():
     from unlearn_core.explain.dashboards import Dashboards
-    from unlearn_core.forget_set.lists import check_latents_fit, load_feature_list
+    from unlearn_core.forget_set import check_latents_fit, load_feature_list
 
     fl = load_feature_list(REPO_ROOT / "feature_lists" / "example_gemma-3-270m-offline_harry-potter.json")
     assert fl.model == "google/gemma-3-270m" and fl.total_latents >= 10

@@ -7,7 +7,7 @@ presets/models/saes -> interventions -> evaluation -> pipeline -> cli. No UI cod
 from unlearn_core.ablation.conditions import Condition, build_conditions
 from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervened, intervention_hooks
 from unlearn_core.errors import FeatureListError, InputError, ModelUnavailableError, TextSourceError, UnlearnError
-from unlearn_core.forget_set.lists import FeatureList, load_feature_list, save_feature_list
+from unlearn_core.forget_set import FeatureList, load_feature_list, save_feature_list
 from unlearn_core.models.loading import LoadedModel, load_model
 from unlearn_core.models.presets import DEFAULT_PRESET, PRESETS, get_preset
 from unlearn_core.saes.loading import LoadedSae, load_sae

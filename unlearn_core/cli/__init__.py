@@ -20,6 +20,7 @@ from unlearn_core.cli.selection_cmds import (
 )
 from unlearn_core.cli.training_cmds import add_sae_quality_parser, add_train_sae_parser, run_sae_quality, run_train_sae
 from unlearn_core.errors import UnlearnError
+from unlearn_core.models.patches import keep_freed_memory
 
 COMMANDS: dict[str, tuple[Callable[..., None], Callable[[argparse.Namespace], int]]] = {
     "evaluate": (add_evaluate_parser, run_evaluate),
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # process-wide allocator setting (a speed patch; UNLEARN_SPEED_PATCHES=0 skips it)
     args.argv = None if argv is None else list(argv)[1:]
     try:
         return COMMANDS[args.command][1](args)

@@ -119,10 +119,11 @@ def _selection_setup(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
 
 
 def run_select(args: argparse.Namespace) -> int:
+    import dataclasses
     from pathlib import Path
 
     from unlearn_core.errors import FeatureListError
-    from unlearn_core.forget_set.lists import save_feature_list
+    from unlearn_core.forget_set import save_feature_list
     from unlearn_core.selection.suggest import suggest, suggested_feature_list
 
     if Path(args.out).exists() and not args.overwrite:
@@ -135,12 +136,12 @@ def run_select(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     fl = suggested_feature_list(lm, saes, chosen, config, name=args.name)
-    fl.extra["selection"]["command"] = command_string("select", args)
+    fl.selection = dataclasses.replace(fl.selection, command=command_string("select", args))
     path = save_feature_list(fl, args.out, overwrite=args.overwrite)
     for entry in fl.saes:
-        top = entry.latents[0].extra["stats"]
-        print(f"{entry.sae}: {len(entry.latents)} latents (best fires on {top['forget_freq']:.2%} of forget vs "
-              f"{top['retain_freq']:.3%} of retain tokens)")
+        top = entry.latents[0].stats
+        print(f"{entry.sae}: {len(entry.latents)} latents (best fires on {top.forget_freq:.2%} of forget vs "
+              f"{top.retain_freq:.3%} of retain tokens)")
     print(f"wrote {path} ({fl.total_latents} latents; apply with: {config.intervention.describe()})")
     return 0
 
@@ -231,12 +232,12 @@ def run_plot_sweep(args: argparse.Namespace) -> int:
 def _write_best(lm: Any, saes: list[Any], ranked: Any, config: Any, result: dict[str, Any], path: str, command: str) -> None:
     import dataclasses
 
-    from unlearn_core.forget_set.lists import save_feature_list
+    from unlearn_core.forget_set import save_feature_list
     from unlearn_core.selection.suggest import suggested_feature_list
 
     best = result["points"][result["best"]]
     chosen = {s.ref: ranked[s.ref][: best["n"]] for s in saes if s.layer in best["layers"]}
     best_config = dataclasses.replace(config, top=best["n"], intervention=Intervention.from_spec(best["intervention"]))
     fl = suggested_feature_list(lm, [s for s in saes if s.layer in best["layers"]], chosen, best_config)
-    fl.extra["selection"]["command"] = command
+    fl.selection = dataclasses.replace(fl.selection, command=command)
     print(f"wrote {save_feature_list(fl, path)} (best point {best['label']})", file=sys.stderr)

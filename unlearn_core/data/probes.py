@@ -2,7 +2,7 @@
 
 Files are a JSON list or JSON Lines (MUSE KnowMem and NQ-open use these). A QA item becomes the prompt
 ``"Question: {question}\\nAnswer:"``; answers are scored as a continuation starting with a space, unless the
-prompt already ends in whitespace. Scoring lives in :mod:`unlearn_core.scoring.evaluation`.
+prompt already ends in whitespace. Scoring lives in :mod:`unlearn_core.scoring.probes`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,16 @@ BUILTIN_PROBES: dict[str, Path] = {
     "muse-knowmem-retain": DATA_DIR / "qa" / "muse_books_knowmem_retain_qa.json",
     "nq-open": DATA_DIR / "qa" / "nq_open_efficientqa_dev.jsonl",
 }
-"""``hp-cloze`` / ``general-cloze``: this project's cloze sets (52 facts each, written for it, no book text);
+"""``hp-cloze`` / ``general-cloze``: this project's cloze sets (written for it, no book text), each with a dev split
+(52 facts; the plain name, which earlier sweeps tuned on) and a test split (64 other facts, never tuned on);
 MUSE KnowMem forget/retain QA; NQ-open (EfficientQA dev) without its Harry Potter questions."""
+SPLIT_PROBES: dict[str, Path] = {
+    "hp-cloze:dev": BUILTIN_PROBES["hp-cloze"],
+    "hp-cloze:test": DATA_DIR / "probes" / "hp_cloze_test.json",
+    "general-cloze:dev": BUILTIN_PROBES["general-cloze"],
+    "general-cloze:test": DATA_DIR / "probes" / "general_cloze_test.json",
+}
+"""The dev (tune on it) and test (report on it) splits of the project's cloze sets, by ``NAME:SPLIT``."""
 FORGET_PROBES = ("hp-cloze",)
 RETAIN_PROBES = ("general-cloze",)
 
@@ -66,6 +74,9 @@ def mentions_harry_potter(probe: Probe) -> bool:
 
 def load_probes(name_or_path: str, max_items: int | None = None) -> ProbeSet:
     """Load a probe file (or a built-in probe set by name); the set is named after the file's stem."""
+    if name_or_path in SPLIT_PROBES:
+        return _probe_set(read_text_file(SPLIT_PROBES[name_or_path]), name_or_path, name_or_path,
+                          str(SPLIT_PROBES[name_or_path]), max_items)
     if name_or_path in BUILTIN_PROBES:
         path = BUILTIN_PROBES[name_or_path]
         name = name_or_path

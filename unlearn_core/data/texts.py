@@ -33,9 +33,18 @@ BUILTIN_TEXTS: dict[str, str] = {
     "hp-fanwiki-select": "Harry Potter Wiki character articles (CC BY-SA) used for latent selection",
     "wikitext2-train": "WikiText-2 raw train split (first 1 MB), used as retain text for latent selection",
 }
+TEXT_SPLIT_ALIASES: dict[str, str] = {"hp-fanwiki:dev": "hp-fanwiki-select", "hp-fanwiki:test": "hp-fanwiki",
+                                      "wikitext2:dev": "wikitext2-train", "wikitext2:test": "wikitext2"}
+"""``NAME:dev`` / ``NAME:test`` for the two text sets that have both: dev (selection and sweeps tune on it) and
+test (held out, for reporting)."""
+TEXT_SPLITS: dict[str, str] = {"hp-fanwiki-select": "dev", "wikitext2-train": "dev", "hp-fanwiki": "test",
+                               "wikitext2": "test", "wikitext2-clean": "test",
+                               **{alias: alias.rpartition(":")[2] for alias in TEXT_SPLIT_ALIASES}}
+"""Which split each built-in text set belongs to: ``dev`` (selection and sweeps tune on it) or ``test``."""
 HP_FANWIKI_HELD_OUT_ARTICLES = (1, 4, 8, 11)
 """Articles (0-based, in file order) kept for evaluation; the rest are for selection."""
-_SELECTION_SPLITS = {"hp-fanwiki": "hp-fanwiki-select", "wikitext2": "wikitext2-train", "wikitext2-clean": "wikitext2-train"}
+_SELECTION_SPLITS = {"hp-fanwiki": "hp-fanwiki-select", "wikitext2": "wikitext2-train", "wikitext2-clean": "wikitext2-train",
+                     "hp-fanwiki:test": "hp-fanwiki-select", "wikitext2:test": "wikitext2-train"}
 
 
 def selection_split(name_or_path: str) -> str:
@@ -60,9 +69,10 @@ class TextSet:
 
 def load_texts(name_or_path: str, max_texts: int | None = None) -> TextSet:
     """A built-in text set by name, or the paragraphs of a text file; optionally only the first ``max_texts``."""
-    if name_or_path in BUILTIN_TEXTS:
-        texts = _builtin(name_or_path)
-        name, source = name_or_path, BUILTIN_TEXTS[name_or_path]
+    builtin = TEXT_SPLIT_ALIASES.get(name_or_path, name_or_path)
+    if builtin in BUILTIN_TEXTS:
+        texts = _builtin(builtin)
+        name, source = name_or_path, BUILTIN_TEXTS[builtin]
     else:
         path = Path(name_or_path).expanduser()
         if not path.exists():

@@ -33,14 +33,10 @@ from unlearn_core.data.probes import ProbeSet
 from unlearn_core.data.texts import TextSet
 from unlearn_core.errors import InputError
 from unlearn_core.models.loading import LoadedModel
-from unlearn_core.scoring.evaluation import (
-    DEFAULT_BATCH_TOKENS,
-    PerplexityResult,
-    ProbeResult,
-    generate,
-    iter_perplexity,
-    probe_scores,
-)
+from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS
+from unlearn_core.scoring.generation import generate
+from unlearn_core.scoring.perplexity import PerplexityResult, iter_perplexity
+from unlearn_core.scoring.probes import ProbeResult, probe_scores
 
 DEFAULT_COMPARE_TEXTS = 16
 """Texts per set scored by default in the app: enough for a stable ratio, fast enough to watch."""

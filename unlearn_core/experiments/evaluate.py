@@ -17,7 +17,7 @@ import torch
 
 from unlearn_core.ablation.conditions import CONDITIONS, build_conditions
 from unlearn_core.ablation.interventions import Intervention, hook_name_for
-from unlearn_core.data.probes import load_probes
+from unlearn_core.data.quizzes import load_knowledge_probes
 from unlearn_core.data.texts import load_texts
 from unlearn_core.errors import InputError
 from unlearn_core.experiments.results import (
@@ -27,7 +27,7 @@ from unlearn_core.experiments.results import (
     StatusFn,
     measure_conditions,
 )
-from unlearn_core.forget_set.lists import FeatureList, load_feature_list
+from unlearn_core.forget_set import FeatureList, load_feature_list
 from unlearn_core.forget_set.selections import check_selections_fit_model, load_selections, preset_for_feature_list
 from unlearn_core.models.loading import LoadedModel, load_model
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQ_LEN
@@ -69,11 +69,11 @@ class EvaluationConfig:
 def resolve_intervention(config: EvaluationConfig, fl: FeatureList) -> Intervention:
     """The intervention to apply: ``config.mode`` if given; else the list's recommended one (lists from ``select``
     carry one), with ``config.value`` and ``config.hook_site`` overriding its value and site; else zero."""
-    if config.mode is not None or "intervention" not in fl.extra:
+    if config.mode is not None or fl.intervention is None:
         if config.mode is None and config.value is not None:
             raise InputError("--value needs --mode (this list recommends no intervention)")
         return config.intervention
-    rec = Intervention.from_dict(fl.extra["intervention"], fl.name)
+    rec = fl.intervention
     return Intervention(
         rec.mode,
         config.value if config.value is not None else rec.value,
@@ -104,7 +104,7 @@ def run_evaluation(
     check_selections_fit_model(lm, selections, intervention)
     conditions = build_conditions(config.conditions, selections, intervention, seed=config.seed)
     text_sets = [load_texts(t, config.max_texts) for t in config.texts]
-    probe_sets = [load_probes(p) for p in config.probes]
+    probe_sets = [load_knowledge_probes(p) for p in config.probes]
 
     out = measure_conditions(lm, conditions, text_sets, probe_sets,
                              MeasureOptions(config.max_seq_len, config.batch_tokens, status, progress))
@@ -145,6 +145,10 @@ def _versions() -> dict[str, str]:
     }
 
 
+_PROBE_COLUMNS = {"top1": (("top1", "top1"), ("mean_logprob", "logp")),
+                  "acc": (("acc", "acc"), ("acc_calibrated", "acc_cal"))}
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of a :func:`run_evaluation` result: one row per condition."""
     conds = result["conditions"]
@@ -154,7 +158,8 @@ def format_table(result: dict[str, Any]) -> str:
     ppl_cols = list(first["perplexity"])
     probe_cols = list(first["probes"])
     headers = ["condition"] + [f"PPL {c}" for c in ppl_cols]
-    headers += [f"{p} top1" for p in probe_cols] + [f"{p} logp" for p in probe_cols]
+    metrics = [(p, m) for p in probe_cols for m in _PROBE_COLUMNS["acc" if "acc" in first["probes"][p] else "top1"]]
+    headers += [f"{p} {label}" for p, (_, label) in metrics]
     rows = []
     base = conds.get("baseline")
     for name, entry in conds.items():
@@ -165,8 +170,7 @@ def format_table(result: dict[str, Any]) -> str:
             if base is not None and name != "baseline":
                 cell += f" (x{val / base['perplexity'][c]:.3f})"
             row.append(cell)
-        row += [f"{entry['probes'][p]['top1']:.3f}" for p in probe_cols]
-        row += [f"{entry['probes'][p]['mean_logprob']:.3f}" for p in probe_cols]
+        row += [f"{entry['probes'][p][key]:.3f}" for p, (key, _) in metrics]
         rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)), "  ".join("-" * w for w in widths)]

@@ -4,7 +4,8 @@ A :class:`ConditionScores` holds one condition's numbers (perplexity per text se
 :class:`EvaluationResult` holds every condition with the settings that produced them. Both round-trip through
 JSON (``to_dict`` / ``from_dict``) in the format ``evaluate --json`` has always written::
 
-    {"conditions": {COND: {"perplexity": {TEXTS: float}, "probes": {PROBES: {"top1", "mean_logprob", "n"}}}},
+    {"conditions": {COND: {"perplexity": {TEXTS: float}, "probes": {PROBES: {"top1", "mean_logprob", "n"}
+                                                                  or {"acc", "acc_norm", "acc_calibrated", "chance", "n"}}}},
      "details": {...}, "settings": {...}, "headline": {...}, "command": "..."}
 """
 
@@ -18,10 +19,14 @@ from typing import Any
 
 from unlearn_core.ablation.conditions import BASELINE, RANDOM_CONTROL, Condition
 from unlearn_core.data.probes import ProbeSet
+from unlearn_core.data.quizzes import Quiz
 from unlearn_core.data.texts import TextSet
 from unlearn_core.errors import InputError
 from unlearn_core.models.loading import LoadedModel
-from unlearn_core.scoring.evaluation import DEFAULT_BATCH_TOKENS, perplexity, probe_scores
+from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS
+from unlearn_core.scoring.choices import choice_scores
+from unlearn_core.scoring.perplexity import perplexity
+from unlearn_core.scoring.probes import probe_scores
 
 StatusFn = Callable[[str], None]
 StageProgressFn = Callable[[str, int, int], None]
@@ -32,7 +37,7 @@ PROBE_SEQ_LEN = 256
 
 @dataclass(frozen=True)
 class ProbeScore:
-    """One probe set's scores under one condition (see :func:`unlearn_core.scoring.evaluation.probe_scores`)."""
+    """One probe set's scores under one condition (see :func:`unlearn_core.scoring.probes.probe_scores`)."""
 
     top1: float
     mean_logprob: float
@@ -46,12 +51,41 @@ class ProbeScore:
         return cls(float(data["top1"]), float(data["mean_logprob"]), int(data["n"]))
 
 
+@dataclass(frozen=True)
+class ChoiceScore:
+    """One multiple-choice probe set's scores under one condition, scored as lm-eval does
+    (see :func:`unlearn_core.scoring.choices.choice_scores`)."""
+
+    acc: float
+    acc_norm: float
+    acc_calibrated: float
+    chance: float
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"acc": self.acc, "acc_norm": self.acc_norm, "acc_calibrated": self.acc_calibrated,
+                "chance": self.chance, "n": self.n}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChoiceScore:
+        return cls(float(data["acc"]), float(data["acc_norm"]), float(data["acc_calibrated"]), float(data["chance"]),
+                   int(data["n"]))
+
+
+KnowledgeScore = ProbeScore | ChoiceScore
+
+
+def knowledge_score_from_dict(data: dict[str, Any]) -> KnowledgeScore:
+    """A probe entry of a result: multiple-choice (``acc`` ...) or cloze/QA (``top1`` ...), by its keys."""
+    return ChoiceScore.from_dict(data) if "acc" in data else ProbeScore.from_dict(data)
+
+
 @dataclass
 class ConditionScores:
     """One condition's numbers: perplexity per text set and scores per probe set, in measuring order."""
 
     perplexity: dict[str, float] = field(default_factory=dict)
-    probes: dict[str, ProbeScore] = field(default_factory=dict)
+    probes: dict[str, KnowledgeScore] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"perplexity": dict(self.perplexity), "probes": {k: v.to_dict() for k, v in self.probes.items()}}
@@ -59,7 +93,7 @@ class ConditionScores:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConditionScores:
         return cls({k: float(v) for k, v in data["perplexity"].items()},
-                   {k: ProbeScore.from_dict(v) for k, v in data["probes"].items()})
+                   {k: knowledge_score_from_dict(v) for k, v in data["probes"].items()})
 
 
 @dataclass
@@ -109,7 +143,7 @@ def measure_condition(
     lm: LoadedModel,
     condition: Condition,
     text_sets: Sequence[TextSet],
-    probe_sets: Sequence[ProbeSet],
+    probe_sets: Sequence[ProbeSet | Quiz],
     options: MeasureOptions,
 ) -> tuple[ConditionScores, dict[str, Any]]:
     """Score one condition on every text and probe set; returns the scores and details (counts, seconds)."""
@@ -129,9 +163,14 @@ def measure_condition(
     for ps in probe_sets:
         if status:
             status(f"{condition.name}: probes {ps.name} ({len(ps)} items)")
-        pres = probe_scores(lm, ps, hooks, max_seq_len=min(max_seq_len, PROBE_SEQ_LEN), batch_tokens=batch_tokens,
-                            progress=_stage(progress, f"{condition.name} / {ps.name}"))
-        scores.probes[ps.name] = ProbeScore(pres.top1, pres.mean_logprob, pres.n)
+        stage = _stage(progress, f"{condition.name} / {ps.name}")
+        limit = min(max_seq_len, PROBE_SEQ_LEN)
+        if isinstance(ps, Quiz):
+            cres = choice_scores(lm, ps, hooks, max_seq_len=limit, batch_tokens=batch_tokens, progress=stage)
+            scores.probes[ps.name] = ChoiceScore(cres.acc, cres.acc_norm, cres.acc_calibrated, cres.chance, cres.n)
+        else:
+            pres = probe_scores(lm, ps, hooks, max_seq_len=limit, batch_tokens=batch_tokens, progress=stage)
+            scores.probes[ps.name] = ProbeScore(pres.top1, pres.mean_logprob, pres.n)
     if condition.name == RANDOM_CONTROL:
         detail["random_latents"] = {s.sae.ref: list(s.latents) for s in condition.selections}
     return scores, detail
@@ -141,7 +180,7 @@ def measure_conditions(
     lm: LoadedModel,
     conditions: Sequence[Condition],
     text_sets: Sequence[TextSet],
-    probe_sets: Sequence[ProbeSet],
+    probe_sets: Sequence[ProbeSet | Quiz],
     options: MeasureOptions,
 ) -> EvaluationResult:
     """Score every condition. A condition that provably equals the baseline (nothing edited, error term kept:

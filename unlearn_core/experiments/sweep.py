@@ -28,7 +28,7 @@ from unlearn_core.errors import InputError
 from unlearn_core.experiments.results import MeasureOptions, StageProgressFn, measure_condition, selectivity
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.saes.loading import LoadedSae
-from unlearn_core.scoring.evaluation import DEFAULT_BATCH_TOKENS
+from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS
 from unlearn_core.selection.rules import ScoredLatent
 
 DEFAULT_NS: tuple[int, ...] = (10, 20, 40)

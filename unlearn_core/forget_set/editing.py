@@ -17,6 +17,7 @@ def new_feature_list(name: str, model: str, description: str = "") -> FeatureLis
 
 
 MAX_BULK_IDS = 100_000
+"""Most latent ids :func:`parse_latent_ids` accepts at once."""
 _ID_TOKEN = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")
 
 
@@ -91,6 +92,32 @@ def add_latents(
     for i in added:
         entry.latents.append(Latent(id=i, label=(labels or {}).get(i), note=(notes or {}).get(i)))
     return added
+
+
+def merge_feature_list(fl: FeatureList, other: FeatureList) -> int:
+    """Add ``other``'s latents to ``fl`` (a suggestion into the list being curated); returns how many were new.
+
+    Latents already in ``fl`` keep their label and note but take ``other``'s ``stats``; ``other``'s ``selection``
+    replaces ``fl``'s, and its ``intervention`` is adopted only when ``fl`` recommends none.
+    """
+    check_model_matches(other, fl.model, f"list {fl.name!r}")
+    total = 0
+    for src in other.saes:
+        ids = [lat.id for lat in src.latents]
+        added = add_latents(fl, sae=src.sae, hook_name=src.hook_name, layer=src.layer, neuronpedia=src.neuronpedia,
+                            ids=ids, labels={lat.id: lat.label for lat in src.latents},
+                            notes={lat.id: lat.note for lat in src.latents})
+        total += len(added)
+        entry = next(e for e in fl.saes if e.sae == src.sae and e.hook_name == src.hook_name)
+        stats = {lat.id: lat.stats for lat in src.latents if lat.stats is not None}
+        for lat in entry.latents:
+            if lat.id in stats:
+                lat.stats = stats[lat.id]
+    if other.selection is not None:
+        fl.selection = other.selection
+    if fl.intervention is None:
+        fl.intervention = other.intervention
+    return total
 
 
 def remove_latents(fl: FeatureList, *, sae: str, ids: Iterable[int], hook_name: str | None = None) -> list[int]:

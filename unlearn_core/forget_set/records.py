@@ -39,9 +39,9 @@ class LatentStats:
     retain_freq: float | None = None
     """Fraction of retain-text tokens on which the latent fires."""
     forget_mean_act: float | None = None
-    """Mean activation over forget-text tokens: what a relative clamp (``clamp:Cx``) scales to."""
+    """Mean activation over the forget-text tokens where it fires: what a relative clamp (``clamp:Cx``) scales to."""
     retain_mean_act: float | None = None
-    """Mean activation over retain-text tokens."""
+    """Mean activation over the retain-text tokens where it fires."""
     forget_max_act: float | None = None
     """Largest activation on forget text."""
     extra: dict[str, Any] = field(default_factory=dict, hash=False)

@@ -13,7 +13,8 @@ import torch
 
 from unlearn_core.ablation.interventions import Intervention, LatentSelection, hook_name_for
 from unlearn_core.errors import FeatureListError
-from unlearn_core.forget_set.lists import FeatureList, SaeEntry, check_latents_fit
+from unlearn_core.forget_set.schema import FeatureList, SaeEntry
+from unlearn_core.forget_set.widths import check_latents_fit
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.models.presets import ModelPreset, get_preset, presets_for_model_id
 from unlearn_core.saes.loading import LoadedSae, load_sae
@@ -31,7 +32,7 @@ def preset_for_feature_list(fl: FeatureList, preset_name: str | None = None) -> 
             )
         return preset
     candidates = presets_for_model_id(fl.model)
-    chosen_on = fl.extra.get("selection", {}).get("preset") if isinstance(fl.extra.get("selection"), dict) else None
+    chosen_on = fl.selection.preset if fl.selection is not None else None
     candidates.sort(key=lambda p: p.name != chosen_on)  # the preset the latents were selected on, if recorded
     if not candidates:
         raise FeatureListError(f"no preset loads {fl.model}, the model of feature list {fl.name!r}")
@@ -71,9 +72,8 @@ def reference_activations(entry: SaeEntry) -> tuple[float, ...] | None:
     latents of the entry have one; relative clamps scale to it."""
     values = []
     for lat in entry.latents:
-        stats = lat.extra.get("stats")
-        value = stats.get("forget_mean_act") if isinstance(stats, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        value = lat.stats.forget_mean_act if lat.stats is not None else None
+        if value is None or not 0 <= value < float("inf"):
             return None
         values.append(float(value))
     return tuple(values)

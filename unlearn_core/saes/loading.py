@@ -16,10 +16,8 @@ from typing import Any
 import torch
 
 from unlearn_core.errors import ModelUnavailableError
-from unlearn_core.models.loading import describe_hub_error
+from unlearn_core.models.hub import describe_hub_error
 from unlearn_core.models.presets import REPO_ROOT
-
-_LAYER_RE = re.compile(r"blocks\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -40,11 +38,13 @@ class LoadedSae:
 
 
 def layer_of_hook(hook_name: str) -> int:
-    """The block index in a TransformerLens hook name such as ``blocks.12.hook_resid_post``."""
-    match = _LAYER_RE.match(hook_name)
-    if match is None:
+    """The block index in a TransformerLens hook name such as ``blocks.12.hook_resid_post``; ValueError if none."""
+    from sae_lens.util import extract_layer_from_tlens_hook_name  # lazy: importing sae_lens takes seconds
+
+    layer = extract_layer_from_tlens_hook_name(hook_name) if hook_name.startswith("blocks.") else None
+    if layer is None:
         raise ValueError(f"cannot find a layer in hook name {hook_name!r}")
-    return int(match.group(1))
+    return layer
 
 
 def resolve_local_path(ref: str) -> Path | None:
@@ -145,8 +145,9 @@ def release_neuronpedia_id(release: str, sae_id: str) -> str | None:
 def load_sae(ref: str, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedSae:
     """Load an SAE by reference; errors come back as :class:`ModelUnavailableError` with a clear message."""
     from sae_lens import SAE
+    from sae_lens.util import dtype_to_str
 
-    dtype_name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
+    dtype_name = dtype_to_str(dtype) if isinstance(dtype, torch.dtype) else dtype
     local = resolve_local_path(ref)
     if local is not None:
         converter = {} if (local / "cfg.json").is_file() else {"converter": gemma_scope_2_disk_loader}

@@ -15,7 +15,8 @@ from typing import Any
 from unlearn_core.ablation.interventions import Intervention
 from unlearn_core.data.texts import load_texts, selection_split
 from unlearn_core.errors import InputError
-from unlearn_core.forget_set.lists import FeatureList, Latent, SaeEntry, new_feature_list
+from unlearn_core.forget_set import FeatureList, Latent, SaeEntry, SelectionRecord, new_feature_list
+from unlearn_core.forget_set import LatentStats as ListedStats
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.models.presets import ModelPreset
 from unlearn_core.saes.loading import LoadedSae, load_sae
@@ -132,7 +133,8 @@ def suggested_feature_list(
     )
     for sae in saes:
         latents = [
-            Latent(id=c.id, label=None, note=c.note(config.method), extra={"stats": c.stats()}) for c in chosen.get(sae.ref, [])
+            Latent(id=c.id, label=None, note=c.note(config.method), stats=ListedStats.from_dict(c.stats()))
+            for c in chosen.get(sae.ref, [])
         ]
         if latents:
             fl.saes.append(SaeEntry(sae.ref, sae.hook_name, sae.layer, sae.neuronpedia, latents))
@@ -144,8 +146,8 @@ def suggested_feature_list(
     settings = asdict(config)
     settings.pop("intervention")
     settings.update(forget_corpus=forget_name, retain_corpus=retain_name, preset=lm.preset.name)
-    fl.extra["selection"] = settings
-    fl.extra["intervention"] = config.intervention.to_dict()
+    fl.selection = SelectionRecord.from_dict(settings)
+    fl.intervention = config.intervention
     return fl
 
 
