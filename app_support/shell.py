@@ -13,10 +13,11 @@ AppTest does so on every run after the first, and so does a fresh server whose f
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import streamlit as st
 import torch
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from unlearn_core.ablation.interventions import DEFAULT_VALUES, Intervention
 from unlearn_core.errors import UnlearnError
@@ -36,7 +37,8 @@ MODE_HELP = {
 
 
 def draw_sidebar() -> state.Settings:
-    """Draw the sidebar (app.py, once per run, before the page) and remember its choices for the page."""
+    """Draw the sidebar and remember its choices for the page (once per run: through :func:`frame`, or
+    :func:`page_setup` when Streamlit runs the page without app.py)."""
     sb = st.sidebar
     sb.title("SAE unlearning")
     names = list(PRESETS)
@@ -114,11 +116,22 @@ def _draw_frame() -> state.Settings:
     return draw_sidebar()
 
 
+def _draw_frame_without_app() -> None:
+    """The frame for a page Streamlit runs without app.py (legacy ``pages/`` mode, see the module's docstring).
+
+    Drawn as app.py draws it, under the main script's hash: Streamlit's widget ids include the hash of the script
+    drawing them, and the same ids keep the sidebar's values whichever way a run started.
+    """
+    ctx = get_script_run_ctx()
+    with ctx.run_with_active_hash(ctx.pages_manager.main_script_hash) if ctx else nullcontext():
+        _draw_frame()
+
+
 def current_settings() -> state.Settings:
-    """The sidebar's choices in this run (app.py draws the sidebar before the page runs)."""
+    """The sidebar's choices in this run (drawn by :func:`frame` or :func:`page_setup` before the page's body)."""
     settings = state.session().settings
     if settings is None:
-        raise RuntimeError("the sidebar is drawn by app.py (shell.draw_sidebar) before any page runs")
+        raise RuntimeError("the sidebar is drawn (shell.frame in app.py, or shell.page_setup) before settings are read")
     return settings
 
 
@@ -146,9 +159,8 @@ def load_workspace(ws: state.Workspace) -> None:
                 status.update(label=f"{ws.preset.model_id} loaded", state="complete", expanded=False)
         else:
             ws.lm = get_model(ws.preset.name, ws.device, ws.dtype)
-        family = ws.preset.family(ws.family_name)
         with st.spinner("Loading SAEs…"):
-            ws.saes = [get_sae(family.ref(layer), ws.device, ws.dtype) for layer in ws.layers]
+            ws.saes = [get_sae(ws.family.ref(layer), ws.device, ws.dtype) for layer in ws.layers]
     except UnlearnError as exc:
         ws.error = str(exc)
     except Exception as exc:  # noqa: BLE001 - anything else while loading is shown, not a traceback
@@ -159,7 +171,7 @@ def page_setup(needs_model: bool = True) -> state.Workspace:
     """This run's workspace from the sidebar's settings; load the model (once per process) when the page needs it
     or it is already loaded. Failures become ``ws.error``, a message for the page to show."""
     if not state.session().sidebar_drawn:
-        _draw_frame()  # the page runs without app.py (Streamlit's legacy pages/ mode, see the module's docstring)
+        _draw_frame_without_app()
     ws = state.Workspace.from_settings(current_settings())
     state.session().workspace = ws
     if needs_model or model_is_loaded(ws.preset.name, ws.device, ws.dtype):

@@ -99,13 +99,30 @@ class Key:
     COMPARE_NEW_TOKENS = "compare_new_tokens"
     COMPARE_TEMPERATURE = "compare_temperature"
     COMPARE_SEED = "compare_seed"
+    COMPARE_UPLOADS = "compare_uploads"
+    PROBE_UPLOADS = "probe_uploads"
+    STOP_PERPLEXITY = "stop_ppl"
+    STOP_PROBES = "stop_probes"
+    STOP_GENERATIONS = "stop_gen"
     SWEEP_CHOICE = "sweep_choice"
     SWEEP_UPLOAD = "sweep_upload"
+    # Suggest latents (app_support/suggest_panel.py, on the Forget set page)
+    SUGGEST_FORGET = "suggest_forget"
+    SUGGEST_RETAIN = "suggest_retain"
+    SUGGEST_METHOD = "suggest_method"
+    SUGGEST_TOP = "suggest_top"
+    SUGGEST_TOKENS = "suggest_tokens"
+    SUGGEST_USE_RECOMMENDED = "suggest_use_recommended"
 
     @staticmethod
     def strength(mode: str) -> str:
         """One strength per mode: a clamp value of 10 must not become a scale factor of 10."""
         return f"strength_{mode}"
+
+    @staticmethod
+    def upload(text_choice_key: str) -> str:
+        """The file uploader shown when a text choice (e.g. :attr:`SUGGEST_FORGET`) is "upload"."""
+        return f"{text_choice_key}_file"
 
     @staticmethod
     def explore_table(ref: str, *view: object) -> str:
@@ -163,7 +180,7 @@ KEPT_BY_HAND = (
 
 
 def keep_widget_state() -> None:
-    """Re-store the values of :data:`KEPT_BY_HAND` (app.py calls it once per run, before any page)."""
+    """Re-store the values of :data:`KEPT_BY_HAND` (the shell calls it once per run, before the page)."""
     for key in KEPT_BY_HAND:
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]

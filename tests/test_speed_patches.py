@@ -3,7 +3,6 @@ and the one switch (``load_model(speed_patches=...)``, ``UNLEARN_SPEED_PATCHES=0
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_gguf import tiny_gguf
 
 from unlearn_core.models import loading
 from unlearn_core.models.patches import (
@@ -89,8 +89,7 @@ def test_load_model_applies_the_patches_only_when_switched_on(monkeypatch, tmp_p
 
 # --- transposed weights -----------------------------------------------------------------------------------------
 def test_transposed_weights_give_identical_logits():
-    plain = gated_model()
-    patched = copy.deepcopy(plain)
+    plain, patched = gated_model(), gated_model()  # the same weights (a deepcopy would lose some hooks)
     assert store_transposed_weights(patched) == 2 * 3 + 1  # W_gate, W_in, W_out per layer, and W_U
     assert store_transposed_weights(patched) == 0  # already laid out
     for name, param in patched.named_parameters():
@@ -150,35 +149,6 @@ def test_a_damaged_or_stale_transformer_lens_cache_is_not_trusted(tmp_path):
 
 
 # --- gguf reader ------------------------------------------------------------------------------------------------
-TOKENS_GGUF = ["<pad>", "<eos>", "<bos>", "<unk>", "▁", "a", "b", "c", "▁a", "ab", "▁ab", "bc", "▁c"]
-
-
-def tiny_gguf(path: Path) -> Path:
-    """A GGUF file with a Gemma-style SentencePiece vocabulary and two tensors, written by gguf's own writer."""
-    from gguf import GGUFWriter, TokenType
-
-    writer = GGUFWriter(str(path), "gemma3")
-    writer.add_block_count(1)
-    writer.add_context_length(64)
-    writer.add_embedding_length(8)
-    writer.add_head_count(2)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(TOKENS_GGUF + [f"<0x{i:02X}>" for i in range(256)])
-    writer.add_token_scores([0.0] * 4 + [-1.0, -2.0, -2.0, -2.0, -1.5, -1.2, -1.0, -1.3, -1.4] + [-10.0] * 256)
-    writer.add_token_types([TokenType.CONTROL] * 3 + [TokenType.UNKNOWN] + [TokenType.NORMAL] * 9 + [TokenType.BYTE] * 256)
-    writer.add_bos_token_id(2)
-    writer.add_eos_token_id(1)
-    writer.add_pad_token_id(0)
-    writer.add_unk_token_id(3)
-    writer.add_tensor("token_embd.weight", np.arange(24, dtype=np.float32).reshape(3, 8))
-    writer.add_tensor("scales", np.linspace(0, 1, 10, dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def _read(path: Path) -> tuple[type, list, list]:
     from gguf import GGUFReader
 

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from unlearn_core.ablation.conditions import CONDITIONS, build_conditions
+from unlearn_core.ablation.conditions import CONDITIONS, RANDOM_MATCHED, build_conditions
 from unlearn_core.ablation.interventions import Intervention, hook_name_for
 from unlearn_core.data.quizzes import load_knowledge_probes
 from unlearn_core.data.texts import load_texts
 from unlearn_core.errors import InputError
+from unlearn_core.experiments.controls import DEFAULT_MATCH_CORPUS, latent_profiles, matching_report
 from unlearn_core.experiments.results import (
     EvaluationResult,
     MeasureOptions,
@@ -33,7 +34,11 @@ from unlearn_core.models.loading import LoadedModel, load_model
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQ_LEN
 
 DEFAULT_TEXTS: tuple[str, ...] = ("wikitext2", "wikitext2-clean", "hp-fanwiki")
-DEFAULT_PROBES: tuple[str, ...] = ("hp-cloze", "general-cloze")
+"""All test splits: WikiText-2 test rows and the 4 held-out fan-wiki articles (selection tunes on the others)."""
+DEFAULT_PROBES: tuple[str, ...] = ("hp-quiz:test", "general-quiz:test", "adjacent-quiz:test", "hp-cloze:test",
+                                   "general-cloze:test")
+"""The test splits of the project's probe sets: forget (HP quiz and cloze), retain (general quiz and cloze) and
+adjacent (other fiction). ``select`` and ``sweep`` only ever see the dev splits."""
 
 
 @dataclass
@@ -56,6 +61,8 @@ class EvaluationConfig:
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     device: str | None = None
     dtype: str | None = None
+    match_corpus: str = DEFAULT_MATCH_CORPUS
+    """Retain text the matched random control is matched on (its selection split, so ``select``'s cache serves)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,12 +109,19 @@ def run_evaluation(
         lm = load_model(preset, device=config.device, dtype=config.dtype, progress=status)
     selections = load_selections(fl, device=lm.device, dtype=lm.dtype, status=status)
     check_selections_fit_model(lm, selections, intervention)
-    conditions = build_conditions(config.conditions, selections, intervention, seed=config.seed)
+    profiles = None
+    if RANDOM_MATCHED in config.conditions:
+        if status:
+            status(f"Latent statistics on {config.match_corpus} for the matched random control")
+        profiles = latent_profiles(lm, [s.sae for s in selections], config.match_corpus, batch_tokens=config.batch_tokens)
+    conditions = build_conditions(config.conditions, selections, intervention, seed=config.seed, profiles=profiles)
     text_sets = [load_texts(t, config.max_texts) for t in config.texts]
     probe_sets = [load_knowledge_probes(p) for p in config.probes]
 
     out = measure_conditions(lm, conditions, text_sets, probe_sets,
                              MeasureOptions(config.max_seq_len, config.batch_tokens, status, progress))
+    if profiles is not None:
+        out.details.setdefault(RANDOM_MATCHED, {})["matching"] = matching_report(conditions, profiles)
     out.settings = {
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "mode": intervention.mode,

@@ -10,6 +10,7 @@ back to its message (the ``"503 Server Error: ..."`` text that ``raise_for_statu
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import socket
@@ -20,12 +21,18 @@ import torch
 import urllib3.exceptions
 from huggingface_hub import errors as hub_errors
 
-try:  # huggingface_hub >= 1.0 talks HTTP through httpx
-    import httpx
 
-    _HTTPX_NETWORK: tuple[type[BaseException], ...] = (httpx.TransportError,)
-except ImportError:  # pragma: no cover - older huggingface_hub uses requests only
-    _HTTPX_NETWORK = ()
+def _transport_errors(*modules: str) -> tuple[type[BaseException], ...]:
+    """``TransportError`` (connect, read, timeout ...) of the httpx flavours installed: huggingface_hub 1.x talks
+    HTTP through ``httpx``, 2.x through ``httpx2``, older ones through requests only."""
+    found = []
+    for name in modules:
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
 
 _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,  # builtin: refused, reset, aborted
@@ -36,7 +43,7 @@ _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     urllib3.exceptions.NewConnectionError,
     urllib3.exceptions.MaxRetryError,
     urllib3.exceptions.TimeoutError,
-    *_HTTPX_NETWORK,
+    *_transport_errors("httpx", "httpx2"),
 )
 _NOT_FOUND = (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError, hub_errors.RemoteEntryNotFoundError)
 _OFFLINE = (hub_errors.OfflineModeIsEnabled, hub_errors.LocalEntryNotFoundError)

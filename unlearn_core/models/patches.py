@@ -194,7 +194,7 @@ def load_transformer_lens_cache(folder: Path, tokenizer: Any, device: str, dtype
         for key in meta.get("transposed", []):
             weights[key] = weights[key].t()
         if meta["tied_unembed"]:
-            weights["unembed.W_U"] = weights["embed.W_E"].T.contiguous()
+            weights["unembed.W_U"] = weights["embed.W_E"].clone().T  # already in the transposed layout
     except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
         log.warning("ignoring the damaged TransformerLens cache %s (%s: %s)", folder, type(exc).__name__, exc)
         return None
