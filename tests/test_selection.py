@@ -288,14 +288,20 @@ def test_sweep_on_a_tiny_model(tiny_lm, tmp_path, monkeypatch):
     forget, retain = _write_texts(tmp_path)
     probes = tmp_path / "probes.json"
     probes.write_text(json.dumps([{"prompt": "The wizard", "answer": " cast"}, {"prompt": "The farmer", "answer": "p"}]))
+    quiz = tmp_path / "quiz.json"
+    quiz.write_text(json.dumps([{"question": "Who casts?", "choices": ["wizard", "farmer"], "answer": 0},
+                                {"question": "Who ploughs?", "choices": ["wizard", "farmer"], "answer": 1}]))
     saes = [tiny_sae(layer=1, seed=8), tiny_sae(layer=2, seed=9)]
     ranked = suggest(tiny_lm, saes, SelectConfig(forget=forget, retain=retain, top=6, retain_threshold=0.5,
                                                  min_forget_freq=0.0, stats_tokens=5000))
     config = SweepConfig(ns=[2, 6], interventions=["zero", "clamp:3x"], layer_sets=["all", "2"], forget_texts=forget,
                          retain_texts=retain, forget_probes=str(probes), retain_probes=str(probes),
+                         forget_quiz=str(quiz), retain_quiz=str(quiz), adjacent_quiz="",
                          max_forget_texts=4, max_retain_texts=4, max_seq_len=32, retain_ppl_budget=10.0,
                          retain_probe_budget=1.0)
     result = run_sweep(tiny_lm, saes, ranked, config)
+    assert {"forget_quiz_change", "retain_quiz_change"} <= set(result["points"][0])
+    assert "adjacent_quiz_change" not in result["points"][0] and result["baseline"]["adjacent_quiz"] is None
     assert len(result["points"]) == 8
     base = result["baseline"]
     for row in result["points"]:

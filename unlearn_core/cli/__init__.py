@@ -8,6 +8,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from unlearn_core.cli.attack_cmd import add_attack_parser, run_attack
 from unlearn_core.cli.bench_cmd import add_bench_parser, run_bench
 from unlearn_core.cli.evaluate_cmd import add_evaluate_parser, run_evaluate
 from unlearn_core.cli.selection_cmds import (
@@ -24,6 +25,7 @@ from unlearn_core.models.patches import keep_freed_memory
 
 COMMANDS: dict[str, tuple[Callable[..., None], Callable[[argparse.Namespace], int]]] = {
     "evaluate": (add_evaluate_parser, run_evaluate),
+    "attack": (add_attack_parser, run_attack),
     "select": (add_select_parser, run_select),
     "sweep": (add_sweep_parser, run_sweep_command),
     "plot-sweep": (add_plot_sweep_parser, run_plot_sweep),

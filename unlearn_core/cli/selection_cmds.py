@@ -10,7 +10,7 @@ from typing import Any
 from unlearn_core.ablation.interventions import Intervention
 from unlearn_core.cli.common import TokenProgress, check_writable, command_string, print_status
 from unlearn_core.errors import InputError
-from unlearn_core.experiments.sweep import DEFAULT_INTERVENTIONS, DEFAULT_LAYER_SETS, DEFAULT_NS
+from unlearn_core.experiments.sweep import DEFAULT_INTERVENTIONS, DEFAULT_LAYER_SETS, DEFAULT_NS, SweepConfig
 from unlearn_core.models.presets import DEFAULT_PRESET, PRESETS
 from unlearn_core.selection.rules import DEFAULT_METHOD, DEFAULT_MIN_FORGET_FREQ, DEFAULT_TOP
 from unlearn_core.selection.rules import METHODS as SELECTION_METHODS
@@ -62,10 +62,15 @@ def add_sweep_parser(sub: Any) -> None:
                     help="zero, clamp:C, clamp:Cx (C x mean activation on forget text), scale:S")
     sw.add_argument("--layer-sets", nargs="+", default=list(DEFAULT_LAYER_SETS),
                     help="'all' or layers joined by + (e.g. 12 9+12 all)")
-    sw.add_argument("--forget-texts", default="hp-fanwiki", help="held-out forget text for perplexity")
-    sw.add_argument("--retain-texts", default="wikitext2")
-    sw.add_argument("--forget-probes", default="hp-cloze")
-    sw.add_argument("--retain-probes", default="general-cloze")
+    dev = SweepConfig()
+    sw.add_argument("--forget-texts", default=dev.forget_texts,
+                    help=f"forget text for perplexity (default {dev.forget_texts}: a sweep tunes, so it sees dev splits only)")
+    sw.add_argument("--retain-texts", default=dev.retain_texts)
+    sw.add_argument("--forget-probes", default=dev.forget_probes)
+    sw.add_argument("--retain-probes", default=dev.retain_probes)
+    sw.add_argument("--forget-quiz", default=dev.forget_quiz, help="multiple-choice set ('' to skip)")
+    sw.add_argument("--retain-quiz", default=dev.retain_quiz, help="multiple-choice set ('' to skip)")
+    sw.add_argument("--adjacent-quiz", default=dev.adjacent_quiz, help="multiple-choice set, other fiction ('' to skip)")
     sw.add_argument("--max-forget-texts", type=int, default=40)
     sw.add_argument("--max-retain-texts", type=int, default=80)
     sw.add_argument("--max-seq-len", type=int, default=256)
@@ -166,6 +171,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     sweep_config = SweepConfig(
         ns=args.ns, interventions=args.interventions, layer_sets=args.layer_sets, forget_texts=args.forget_texts,
         retain_texts=args.retain_texts, forget_probes=args.forget_probes, retain_probes=args.retain_probes,
+        forget_quiz=args.forget_quiz, retain_quiz=args.retain_quiz, adjacent_quiz=args.adjacent_quiz,
         max_forget_texts=args.max_forget_texts, max_retain_texts=args.max_retain_texts, max_seq_len=args.max_seq_len,
         retain_ppl_budget=args.retain_ppl_budget, retain_probe_budget=args.retain_probe_budget, seed=args.seed,
     )

@@ -23,6 +23,7 @@ from typing import Any
 from unlearn_core.ablation.conditions import Condition, random_selections
 from unlearn_core.ablation.interventions import Intervention, LatentSelection
 from unlearn_core.data.probes import load_probes
+from unlearn_core.data.quizzes import load_quiz
 from unlearn_core.data.texts import load_texts
 from unlearn_core.errors import InputError
 from unlearn_core.experiments.results import MeasureOptions, StageProgressFn, measure_condition, selectivity
@@ -71,10 +72,15 @@ class SweepConfig:
     ns: Sequence[int] = DEFAULT_NS
     interventions: Sequence[str] = DEFAULT_INTERVENTIONS
     layer_sets: Sequence[str] = DEFAULT_LAYER_SETS
-    forget_texts: str = "hp-fanwiki"
-    retain_texts: str = "wikitext2"
-    forget_probes: str = "hp-cloze"
-    retain_probes: str = "general-cloze"
+    forget_texts: str = "hp-fanwiki:dev"
+    retain_texts: str = "wikitext2:dev"
+    forget_probes: str = "hp-cloze:dev"
+    retain_probes: str = "general-cloze:dev"
+    forget_quiz: str = "hp-quiz:dev"
+    retain_quiz: str = "general-quiz:dev"
+    adjacent_quiz: str = "adjacent-quiz:dev"
+    """Multiple-choice sets scored at every point (calibrated accuracy); ``""`` leaves one out. A sweep tunes, so
+    every default is a dev split: the test splits stay unseen for ``evaluate``."""
     max_forget_texts: int | None = 40
     max_retain_texts: int | None = 80
     max_seq_len: int = 256
@@ -91,6 +97,12 @@ class Measurement:
     retain_ppl: float
     forget_top1: float
     retain_top1: float
+    forget_quiz: float | None = None
+    retain_quiz: float | None = None
+    adjacent_quiz: float | None = None
+    """Calibrated multiple-choice accuracies (``acc_calibrated``), when the sweep scores quizzes."""
+
+    QUIZZES = ("forget_quiz", "retain_quiz", "adjacent_quiz")
 
 
 def headline(base: Measurement, point: Measurement) -> dict[str, float]:
@@ -104,6 +116,8 @@ def headline(base: Measurement, point: Measurement) -> dict[str, float]:
         "retain_top1_change": _relative(point.retain_top1, base.retain_top1),
         "selectivity": selectivity(forget_ratio, retain_ratio),
         "forget_score": forget_score(forget_ratio, _relative(point.forget_top1, base.forget_top1)),
+        **{f"{q}_change": getattr(point, q) - getattr(base, q) for q in Measurement.QUIZZES
+           if getattr(point, q) is not None and getattr(base, q) is not None},
     }
 
 
@@ -151,14 +165,19 @@ class Measurer:
         self.text_sets = (load_texts(config.forget_texts, config.max_forget_texts),
                           load_texts(config.retain_texts, config.max_retain_texts))
         self.probe_sets = (load_probes(config.forget_probes), load_probes(config.retain_probes))
+        self.quizzes = {field_name: load_quiz(name) for field_name, name in
+                        zip(Measurement.QUIZZES, (config.forget_quiz, config.retain_quiz, config.adjacent_quiz), strict=True)
+                        if name}
 
     def measure(self, condition: Condition, progress: StageProgressFn | None = None) -> Measurement:
         options = MeasureOptions(self.config.max_seq_len, self.config.batch_tokens, progress=progress)
-        scores, _ = measure_condition(self.lm, condition, self.text_sets, self.probe_sets, options)
+        probe_sets = (*self.probe_sets, *self.quizzes.values())
+        scores, _ = measure_condition(self.lm, condition, self.text_sets, probe_sets, options)
         forget_texts, retain_texts = (ts.name for ts in self.text_sets)
         forget_probes, retain_probes = (ps.name for ps in self.probe_sets)
+        quiz = {field_name: scores.probes[q.name].acc_calibrated for field_name, q in self.quizzes.items()}  # type: ignore[union-attr]
         return Measurement(scores.perplexity[forget_texts], scores.perplexity[retain_texts],
-                           scores.probes[forget_probes].top1, scores.probes[retain_probes].top1)
+                           scores.probes[forget_probes].top1, scores.probes[retain_probes].top1, **quiz)  # type: ignore[union-attr]
 
 
 def sweep_points(config: SweepConfig, available_layers: Sequence[int]) -> list[SweepPoint]:
