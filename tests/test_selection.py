@@ -14,7 +14,8 @@ from unlearn_core.ablation.conditions import Condition, random_selections
 from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervened
 from unlearn_core.errors import InputError
 from unlearn_core.experiments.evaluate import EvaluationConfig, resolve_intervention
-from unlearn_core.experiments.report import evaluation_headline, evaluation_markdown, sweep_markdown, targets_met
+from unlearn_core.experiments.evaluation_report import evaluation_headline, evaluation_markdown
+from unlearn_core.experiments.report import sweep_markdown, targets_met
 from unlearn_core.experiments.sweep import (
     SweepConfig,
     forget_score,

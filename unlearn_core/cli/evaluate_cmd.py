@@ -54,7 +54,8 @@ def add_evaluate_parser(sub: Any) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from unlearn_core.experiments.report import command_line, evaluation_headline, evaluation_markdown
+    from unlearn_core.experiments.evaluation_report import evaluation_headline, evaluation_markdown
+    from unlearn_core.experiments.report import command_line
 
     check_writable(args.json_out)
     check_writable(args.report)

@@ -139,7 +139,7 @@ def fraction_recovered(attacked: float, plain: float, baseline: float, min_forgo
     """(attacked - plain) / (baseline - plain): how much of what the edit removed the attack brings back;
     ``None`` when the edit removed at most ``min_forgotten`` (nothing to recover). Not clipped."""
     forgotten = baseline - plain
-    if forgotten <= min_forgotten:
+    if forgotten <= min_forgotten + 1e-9:  # accuracies are fractions: 0.52 - 0.5 must count as 0.02
         return None
     return (attacked - plain) / forgotten
 

@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
-from unlearn_core.ablation.conditions import CONDITIONS, RANDOM_MATCHED, build_conditions
+from unlearn_core.ablation.conditions import (
+    ABLATED,
+    BASELINE,
+    RANDOM_CONTROL,
+    RANDOM_MATCHED,
+    RECONSTRUCTION_ONLY,
+    build_conditions,
+)
 from unlearn_core.ablation.interventions import Intervention, hook_name_for
 from unlearn_core.data.quizzes import load_knowledge_probes
 from unlearn_core.data.texts import load_texts
@@ -55,7 +62,8 @@ class EvaluationConfig:
     texts: Sequence[str] = DEFAULT_TEXTS
     probes: Sequence[str] = DEFAULT_PROBES
     max_texts: int | None = None
-    conditions: Sequence[str] = CONDITIONS
+    conditions: Sequence[str] = (BASELINE, ABLATED, RECONSTRUCTION_ONLY, RANDOM_CONTROL)
+    """The CLI adds ``random_control_matched`` (all of :data:`CONDITIONS`): it needs a statistics pass on retain text."""
     seed: int = 0
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     batch_tokens: int = DEFAULT_BATCH_TOKENS

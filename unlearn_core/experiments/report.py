@@ -1,4 +1,4 @@
-"""Headline numbers and Markdown reports for ``evaluate`` and ``sweep`` results, with the command that made them.
+"""Headline targets, number formats and the ``sweep`` report (the ``evaluate`` report: :mod:`.evaluation_report`).
 
 The headline compares a forget set against the baseline (error term kept unless the settings say otherwise):
 
@@ -15,20 +15,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from unlearn_core.experiments.results import selectivity
-from unlearn_core.experiments.sweep import forget_score
-
-FORGET_TEXTS = ("hp-fanwiki",)
-RETAIN_TEXTS = ("wikitext2",)
-FORGET_PROBES = ("hp-cloze", "muse-knowmem-forget")
-RETAIN_PROBES = ("general-cloze", "nq-open")
-"""Probe sets (by name: a built-in, or a file's stem) the headline reads, first found wins."""
 TARGETS = {
     "forget_top1_change": "<= -50%",
     "retain_top1_change": ">= -5%",
     "forget_ppl_ratio": ">= 2",
     "retain_ppl_ratio": "<= 1.10",
     "selectivity": ">= 10",
+    "forget_quiz_above_chance": "<= +0.05 (within 5 points of chance)",
+    "retain_quiz_change": ">= -0.03 (3 points)",
+    "adjacent_quiz_change": ">= -0.03 (3 points)",
 }
 
 
@@ -38,47 +33,11 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return "python -m unlearn_core " + " ".join(shlex.quote(a) for a in args)
 
 
-def _pick(names: Sequence[str], preferred: Sequence[str]) -> str | None:
-    for p in preferred:
-        if p in names:
-            return p
-    return None
-
-
-def evaluation_headline(result: dict[str, Any]) -> dict[str, Any]:
-    """Headline numbers of an ``evaluate`` result for ``ablated`` and ``random_control`` against ``baseline``.
-
-    Uses the first forget/retain text and probe sets found in the result (``hp-fanwiki``/``wikitext2``,
-    ``hp-cloze``/``general-cloze``); missing ones are left out.
-    """
-    conds = result["conditions"]
-    base = conds.get("baseline")
-    if base is None:
-        return {}
-    texts = list(base["perplexity"])
-    probes = list(base["probes"])
-    f_text, r_text = _pick(texts, FORGET_TEXTS), _pick(texts, RETAIN_TEXTS)
-    f_probe, r_probe = _pick(probes, FORGET_PROBES), _pick(probes, RETAIN_PROBES)
-    out: dict[str, Any] = {"forget_texts": f_text, "retain_texts": r_text, "forget_probes": f_probe, "retain_probes": r_probe}
-    for name in ("ablated", "random_control"):
-        if name not in conds:
-            continue
-        entry = conds[name]
-        row: dict[str, Any] = {}
-        if f_text:
-            row["forget_ppl_ratio"] = entry["perplexity"][f_text] / base["perplexity"][f_text]
-        if r_text:
-            row["retain_ppl_ratio"] = entry["perplexity"][r_text] / base["perplexity"][r_text]
-        if f_text and r_text:
-            row["selectivity"] = selectivity(row["forget_ppl_ratio"], row["retain_ppl_ratio"])
-        for key, probe in (("forget_top1_change", f_probe), ("retain_top1_change", r_probe)):
-            if probe:
-                b = base["probes"][probe]["top1"]
-                row[key] = (entry["probes"][probe]["top1"] - b) / b if b else 0.0
-        if "forget_ppl_ratio" in row and "forget_top1_change" in row:
-            row["forget_score"] = forget_score(row["forget_ppl_ratio"], row["forget_top1_change"])
-        out[name] = row
-    return out
+def split_of(name: str, text_splits: dict[str, str] | None = None) -> str:
+    """``dev``, ``test`` or ``no split`` for a set name: ``NAME:dev``/``NAME:test`` or a built-in text set's split."""
+    if name.endswith((":dev", ":test")):
+        return name.rpartition(":")[2]
+    return (text_splits or {}).get(name, "no split")
 
 
 def targets_met(row: dict[str, Any]) -> dict[str, bool]:
@@ -93,6 +52,9 @@ def targets_met(row: dict[str, Any]) -> dict[str, bool]:
         "forget_ppl_ratio": lambda v: v >= 2.0,
         "retain_ppl_ratio": lambda v: v <= 1.10,
         "selectivity": lambda v: unbounded if v is None else v >= 10,
+        "forget_quiz_above_chance": lambda v: v <= 0.05,
+        "retain_quiz_change": lambda v: v >= -0.03,
+        "adjacent_quiz_change": lambda v: v >= -0.03,
     }
     return {k: bool(check(row[k])) for k, check in checks.items() if k in row}
 
@@ -100,6 +62,10 @@ def targets_met(row: dict[str, Any]) -> dict[str, bool]:
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return "unbounded (retain PPL did not rise)" if key == "selectivity" else "n/a"
+    if key.endswith("_quiz_change") or key.endswith("_above_chance"):
+        return f"{value:+.3f}"
+    if key.endswith("_quiz_acc"):
+        return f"{value:.3f}"
     if key.endswith("_change"):
         return f"{value:+.1%}"
     if key.endswith("_ratio"):
@@ -113,10 +79,15 @@ _ROWS = (
     ("selectivity", "selectivity ln(PPL_HP ratio)/ln(PPL_Wiki ratio)"),
     ("forget_top1_change", "HP cloze top-1 (relative)"),
     ("retain_top1_change", "general cloze top-1 (relative)"),
+    ("forget_quiz_acc", "HP quiz, calibrated accuracy"),
+    ("forget_quiz_above_chance", "HP quiz: points above chance"),
+    ("forget_quiz_change", "HP quiz: change (points)"),
+    ("retain_quiz_change", "general quiz: change (points)"),
+    ("adjacent_quiz_change", "adjacent-fiction quiz: change (points)"),
 )
 
 
-def headline_table(columns: dict[str, dict[str, Any]]) -> list[str]:
+def headline_targets_table(columns: dict[str, dict[str, Any]]) -> list[str]:
     """A Markdown table: one row per headline number, one column per condition, plus the target."""
     names = list(columns)
     lines = ["| number | " + " | ".join(names) + " | target |", "|---|" + "---|" * len(names) + "---|"]
@@ -132,41 +103,8 @@ def headline_table(columns: dict[str, dict[str, Any]]) -> list[str]:
             met = targets_met(col).get(key)
             mark = "" if name != names[0] else (" ✓" if met else " ✗")
             cells.append(_fmt(key, col[key]) + mark)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {TARGETS[key]} |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {TARGETS.get(key, '')} |")
     return lines
-
-
-def evaluation_markdown(result: dict[str, Any], command: str | None = None) -> str:
-    """A Markdown report of an ``evaluate`` result: settings, headline numbers, and every raw number."""
-    s = result.get("settings", {})
-    h = result.get("headline") or evaluation_headline(result)
-    lines = [f"# Evaluation of {s.get('forget_set_name', 'a forget set')}", ""]
-    if command:
-        lines += ["Produced by:", "", f"    {command}", ""]
-    lines += [
-        f"- model: {s.get('model')} (preset {s.get('preset')}), {s.get('device')}, {s.get('dtype')}",
-        f"- intervention: {s.get('intervention')}",
-        "- latents: " + ", ".join(f"{x['sae']} ({x['n_latents']})" for x in s.get("saes", [])),
-        f"- texts: {', '.join(s.get('texts', []))} (max {s.get('max_texts') or 'all'} texts, "
-        f"{s.get('max_seq_len')} tokens each); probes: {', '.join(s.get('probes', [])) or 'none'}",
-        "",
-    ]
-    columns = {name: h[name] for name in ("ablated", "random_control") if name in h}
-    if columns:
-        lines += ["## Headline (against baseline)", ""]
-        lines += headline_table(columns) + [""]
-    lines += ["## All numbers", "", "| condition | " + " | ".join(_raw_headers(result)) + " |",
-              "|---|" + "---|" * len(_raw_headers(result))]
-    for name, entry in result["conditions"].items():
-        cells = [f"{v:.3f}" for v in entry["perplexity"].values()]
-        cells += [f"{p['top1']:.3f}" for p in entry["probes"].values()]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _raw_headers(result: dict[str, Any]) -> list[str]:
-    first = next(iter(result["conditions"].values()))
-    return [f"PPL {t}" for t in first["perplexity"]] + [f"{p} top-1" for p in first["probes"]]
 
 
 def sweep_markdown(result: dict[str, Any], command: str | None = None) -> str:
@@ -195,7 +133,7 @@ def sweep_markdown(result: dict[str, Any], command: str | None = None) -> str:
         row = result["points"][best]
         lines += [f"## Best point within budget: {row['label']} ({row['n_latents']} latents)", ""]
         columns = {"selected": row, **{k: v for k, v in result.get("controls", {}).items()}}
-        lines += headline_table(columns) + [""]
+        lines += headline_targets_table(columns) + [""]
         lines += ["`random_control`: as many random latents per SAE, under the same intervention (a relative clamp "
                   "reuses the chosen latents' values). `zero_ablation`: the same latents zero-ablated, error term "
                   "kept. `study_recipe`: the same latents with the reference study's mechanics (zero-ablate, replace "

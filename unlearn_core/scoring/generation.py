@@ -87,8 +87,26 @@ def generate_batch(
 
     ``should_stop()`` is asked before each decode step; when it says True, generation ends and the texts so far
     are returned (rows of chunks not yet started are absent). ``on_step(step, partial)`` is called after each
-    step; a call takes at most ``max_new_tokens`` steps per chunk.
+    step with the texts so far; a call takes at most ``max_new_tokens`` steps per chunk.
     """
+    ids = generate_batch_ids(lm, prompts, conditions, max_new_tokens, temperature, seed, max_prompt_tokens,
+                             on_step, should_stop, max_batch_rows)
+    return {key: lm.tokenizer.decode(tokens, skip_special_tokens=True) for key, tokens in ids.items()}
+
+
+def generate_batch_ids(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    conditions: Sequence[Condition],
+    max_new_tokens: int = 40,
+    temperature: float = 0.0,
+    seed: int = 0,
+    max_prompt_tokens: int = 1024,
+    on_step: StepCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+) -> dict[GenerationKey, list[int]]:
+    """:func:`generate_batch` giving each row's new token ids (EOS excluded) instead of their text."""
     if temperature < 0:
         raise InputError("temperature must be >= 0")
     if max_new_tokens < 1:
@@ -109,7 +127,7 @@ def generate_batch(
     for start in range(0, len(run.rows), max_batch_rows):
         if not run.decode(run.rows[start : start + max_batch_rows]):
             break
-    return run.texts()
+    return {key: list(row.tokens) for key, row in run.row_of.items() if row.started}
 
 
 def per_row_hooks(row_groups: Sequence[str | None], hooks_by_group: Mapping[str | None, Sequence[Hook]]) -> list[Hook]:
@@ -211,7 +229,8 @@ class _Run:
                 break
             if len(keep) < len(active):
                 active = [active[j] for j in keep]
-                cache = _select_rows(cache, keep)
+                with torch.inference_mode():
+                    cache = _select_rows(cache, keep)
         return True
 
     def _prompt_pass(self, rows: list[_Row]) -> tuple[Any, torch.Tensor]:
@@ -229,7 +248,8 @@ class _Run:
             parts.append((cache, tokens.shape[1]))
             for j in group:
                 rows[j].started = True
-        return _left_padded(parts), torch.cat(logits)
+        with torch.inference_mode():
+            return _left_padded(parts), torch.cat(logits)
 
     def _step_pass(self, rows: list[_Row], cache: Any) -> torch.Tensor:
         tokens = torch.tensor([[row.tokens[-1]] for row in rows], dtype=torch.long, device=self.lm.device)
