@@ -174,3 +174,64 @@ def test_a_suggestion_merges_into_the_curated_list():
     other_model = new_feature_list("x", "google/gemma-2-2b")
     with pytest.raises(Exception, match="gemma"):
         merge_feature_list(curated, other_model)
+
+
+# ------------------------------------------------------------------------------------------------ familiarity, report
+
+
+def test_familiarity_counts_terms_in_the_continuation_only(tiny_lm, monkeypatch):
+    from unlearn_core.ablation.conditions import Condition
+    from unlearn_core.data.familiarity import FamiliarityPrompt, familiar_terms, familiarity_prompts, hp_terms
+    from unlearn_core.experiments import familiarity as fam
+
+    assert len(familiarity_prompts("test")) == 30 and len(familiarity_prompts("dev")) == 30
+    assert not {p.prompt for p in familiarity_prompts("dev")} & {p.prompt for p in familiarity_prompts("test")}
+    assert "hogwarts" in hp_terms() and "wand" not in hp_terms()
+    assert familiar_terms("Off to Hogwarts, said Hermione; a hogwartsish word") == ["hogwarts", "hermione"]
+    prompts = [FamiliarityPrompt("a", "test", "Hermione said"), FamiliarityPrompt("b", "test", "The farmer said")]
+    canned = {(0, "baseline"): " to Ron at Hogwarts", (1, "baseline"): " nothing", (0, "ablated"): " Hermione again",
+              (1, "ablated"): " hello"}
+    monkeypatch.setattr(fam, "generate_batch", lambda lm, ps, conds, **kw: canned)
+    scores = fam.familiarity(tiny_lm, [Condition("baseline"), Condition("ablated")], prompts)
+    assert scores["baseline"].share == 0.5 and scores["baseline"].share_new_terms == 0.5
+    assert scores["ablated"].share == 0.5 and scores["ablated"].share_new_terms == 0.0  # only repeats the prompt
+    assert "hogwarts" in scores["baseline"].generations[0]["terms"]
+
+
+def test_familiarity_generates_for_real_on_a_tiny_model(tiny_lm):
+    from unlearn_core.ablation.conditions import Condition
+    from unlearn_core.data.familiarity import FamiliarityPrompt
+    from unlearn_core.experiments.familiarity import familiarity
+
+    sae = tiny_sae(1)
+    conds = [Condition("baseline"), Condition("ablated", (LatentSelection(sae, (0, 1, 2)),), Intervention("clamp", 3.0))]
+    scores = familiarity(tiny_lm, conds, [FamiliarityPrompt("a", "test", "Hogwarts is")], max_new_tokens=4)
+    assert set(scores) == {"baseline", "ablated"} and all(s.n == 1 for s in scores.values())
+    assert all(isinstance(s.generations[0]["continuation"], str) for s in scores.values())
+
+
+def test_the_report_has_forget_retain_adjacent_attack_and_familiarity_rows():
+    from unlearn_core.experiments.evaluation_report import evaluation_headline, evaluation_markdown
+
+    def cond(ppl_hp, ppl_wiki, hp_acc, gen_acc, adj_acc):
+        quiz = {"acc_norm": 0.3, "chance": 0.25, "n": 100, "acc": 0.3}
+        return {"perplexity": {"hp-fanwiki": ppl_hp, "wikitext2": ppl_wiki},
+                "probes": {"hp-quiz:test": {**quiz, "acc_calibrated": hp_acc},
+                           "general-quiz:test": {**quiz, "acc_calibrated": gen_acc},
+                           "adjacent-quiz:test": {**quiz, "acc_calibrated": adj_acc},
+                           "hp-cloze:test": {"top1": 0.4, "mean_logprob": -2.0, "n": 64}}}
+
+    result = {"conditions": {"baseline": cond(10, 20, 0.45, 0.6, 0.5), "ablated": cond(30, 20.5, 0.28, 0.59, 0.49),
+                             "random_control": cond(11, 25, 0.44, 0.5, 0.45),
+                             "random_control_matched": cond(10.5, 20.2, 0.45, 0.6, 0.5)},
+              "settings": {"forget_set_name": "x", "saes": []},
+              "familiarity": {"baseline": {"share": 0.6, "share_new_terms": 0.4, "mean_terms": 1.2},
+                              "ablated": {"share": 0.1, "share_new_terms": 0.0, "mean_terms": 0.1}}}
+    h = evaluation_headline(result)
+    assert h["ablated"]["forget_quiz_above_chance"] == pytest.approx(0.03)
+    assert h["ablated"]["retain_quiz_change"] == pytest.approx(-0.01)
+    assert h["splits"]["hp-quiz:test"] == "test" and h["splits"]["hp-fanwiki"] == "test"
+    md = evaluation_markdown(result, "cmd")
+    for text in ("HP quiz: points above chance", "+0.030 ✓", "adjacent-fiction quiz", "random control (matched)",
+                 "random control (unmatched)", "share with an HP term", "hp-quiz:test = **test**"):
+        assert text in md, text

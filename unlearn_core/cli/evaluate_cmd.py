@@ -9,6 +9,7 @@ from typing import Any
 from unlearn_core.ablation.conditions import CONDITIONS
 from unlearn_core.ablation.interventions import MODES
 from unlearn_core.cli.common import TokenProgress, check_writable, parse_conditions, print_status
+from unlearn_core.errors import InputError
 from unlearn_core.experiments.evaluate import (
     DEFAULT_PROBES,
     DEFAULT_TEXTS,
@@ -39,8 +40,10 @@ def add_evaluate_parser(sub: Any) -> None:
     ev.add_argument("--texts", nargs="+", default=list(DEFAULT_TEXTS),
                     help="built-in text sets (wikitext2, wikitext2-clean, hp-fanwiki) or text files")
     ev.add_argument("--probes", nargs="*", default=list(DEFAULT_PROBES),
-                    help="probe files (JSON/JSONL, cloze or QA) or built-ins: hp-cloze, general-cloze, "
-                         "muse-knowmem-forget, muse-knowmem-retain, nq-open (default: hp-cloze general-cloze)")
+                    help="probe files (JSON/JSONL: cloze, QA, or multiple choice - recognised by their fields) or "
+                         "built-ins: hp-quiz, general-quiz, adjacent-quiz, hp-cloze, general-cloze (each with :dev and "
+                         ":test), muse-knowmem-forget, muse-knowmem-retain, nq-open (default: the test splits "
+                         f"{' '.join(DEFAULT_PROBES)})")
     ev.add_argument("--max-texts", type=int, help="use only the first N texts of each text set")
     ev.add_argument("--conditions", type=parse_conditions, default=list(CONDITIONS),
                     help=f"comma-separated subset of {','.join(CONDITIONS)}")
@@ -49,6 +52,13 @@ def add_evaluate_parser(sub: Any) -> None:
     ev.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per batch")
     ev.add_argument("--device", help="cpu, cuda, mps (default: CUDA when present)")
     ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
+    ev.add_argument("--no-familiarity", dest="familiarity", action="store_false",
+                    help="skip the familiarity of greedy continuations of the HP completion prompts (test split)")
+    ev.add_argument("--familiarity-tokens", type=int, default=32, help="tokens per familiarity continuation")
+    ev.add_argument("--no-attacks", dest="attacks", action="store_false",
+                    help="skip the attacks (paraphrase, 3-shot, translation, linear probe, hook-off) on hp-quiz:test")
+    ev.add_argument("--attack-items", type=int, help="attack only the first N test questions (default: all)")
+    ev.add_argument("--probe-texts-per-class", type=int, default=200, help="linear-probe attack: texts per class")
     ev.add_argument("--json", dest="json_out", help="write the full result (with its headline numbers) here")
     ev.add_argument("--report", help="write a Markdown report (headline numbers, the command, every number) here")
 
@@ -59,6 +69,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     check_writable(args.json_out)
     check_writable(args.report)
+    for flag, value in (("--familiarity-tokens", args.familiarity_tokens), ("--attack-items", args.attack_items),
+                        ("--probe-texts-per-class", args.probe_texts_per_class)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1")
     config = EvaluationConfig(
         forget_set=args.forget_set,
         preset=args.model,
@@ -75,6 +89,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_tokens=args.batch_tokens,
         device=args.device,
         dtype=args.dtype,
+        familiarity=args.familiarity,
+        familiarity_tokens=args.familiarity_tokens,
+        attacks=args.attacks,
+        attack_items=args.attack_items,
+        probe_texts_per_class=args.probe_texts_per_class,
     )
     bar = TokenProgress()
     try:

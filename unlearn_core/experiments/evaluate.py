@@ -24,10 +24,12 @@ from unlearn_core.ablation.conditions import (
     build_conditions,
 )
 from unlearn_core.ablation.interventions import Intervention, hook_name_for
+from unlearn_core.data.familiarity import familiarity_prompts
 from unlearn_core.data.quizzes import load_knowledge_probes
 from unlearn_core.data.texts import load_texts
 from unlearn_core.errors import InputError
 from unlearn_core.experiments.controls import DEFAULT_MATCH_CORPUS, latent_profiles, matching_report
+from unlearn_core.experiments.familiarity import DEFAULT_FAMILIARITY_TOKENS, familiarity
 from unlearn_core.experiments.results import (
     EvaluationResult,
     MeasureOptions,
@@ -71,6 +73,14 @@ class EvaluationConfig:
     dtype: str | None = None
     match_corpus: str = DEFAULT_MATCH_CORPUS
     """Retain text the matched random control is matched on (its selection split, so ``select``'s cache serves)."""
+    familiarity: bool = False
+    """Also generate greedy continuations of the test-split HP completion prompts and count HP terms."""
+    familiarity_tokens: int = DEFAULT_FAMILIARITY_TOKENS
+    attacks: bool = False
+    """Also run the attacks (:mod:`unlearn_core.experiments.attacks`) on the HP quiz's test split."""
+    attack_items: int | None = None
+    """Use only the first N test questions in the attacks (None: all)."""
+    probe_texts_per_class: int = 200
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -130,6 +140,20 @@ def run_evaluation(
                              MeasureOptions(config.max_seq_len, config.batch_tokens, status, progress))
     if profiles is not None:
         out.details.setdefault(RANDOM_MATCHED, {})["matching"] = matching_report(conditions, profiles)
+    if config.familiarity:
+        if status:
+            status("Familiarity: greedy continuations of the HP completion prompts (test split)")
+        generated = [c for c in conditions if c.name != RECONSTRUCTION_ONLY]
+        fam = familiarity(lm, generated, familiarity_prompts("test"), config.familiarity_tokens)
+        out.familiarity = {name: score.to_dict() for name, score in fam.items()}
+    if config.attacks:
+        from unlearn_core.experiments.attacks import AttackConfig, run_attacks  # attacks builds on this module
+
+        attack_config = AttackConfig(forget_set=config.forget_set, preset=config.preset, mode=config.mode,
+                                     value=config.value, hook_site=config.hook_site, relative=config.relative,
+                                     max_items=config.attack_items, probe_texts_per_class=config.probe_texts_per_class,
+                                     seed=config.seed, batch_tokens=config.batch_tokens)
+        out.attacks = run_attacks(attack_config, lm=lm, status=status, progress=progress).to_dict()
     out.settings = {
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
         "mode": intervention.mode,

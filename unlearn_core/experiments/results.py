@@ -105,6 +105,10 @@ class EvaluationResult:
     settings: dict[str, Any] = field(default_factory=dict)
     headline: dict[str, Any] | None = None
     command: str | None = None
+    familiarity: dict[str, Any] | None = None
+    """Per condition: the share of greedy continuations of HP prompts that use HP terms (and the continuations)."""
+    attacks: dict[str, Any] | None = None
+    """The attacks' result (``AttackResult.to_dict()``), when they were run."""
 
     def ratio(self, condition: str, texts: str) -> float:
         """A condition's perplexity on ``texts`` divided by the baseline's."""
@@ -117,6 +121,9 @@ class EvaluationResult:
             out["headline"] = self.headline
         if self.command is not None:
             out["command"] = self.command
+        for key in ("familiarity", "attacks"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
     @classmethod
@@ -124,7 +131,7 @@ class EvaluationResult:
         try:
             return cls({k: ConditionScores.from_dict(v) for k, v in data["conditions"].items()},
                        dict(data.get("details", {})), dict(data.get("settings", {})), data.get("headline"),
-                       data.get("command"))
+                       data.get("command"), data.get("familiarity"), data.get("attacks"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"not an evaluation result ({exc.__class__.__name__}: {exc})") from None
 
