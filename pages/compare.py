@@ -11,6 +11,8 @@ import streamlit as st
 
 from app_support import shell, state, sweep_panel
 from app_support.resources import get_sae
+from app_support.safe_text import md_escape
+from unlearn_core.data.familiarity import familiar_terms
 from unlearn_core.data.probes import BUILTIN_PROBES, ProbeSet, load_probes, probes_from_bytes
 from unlearn_core.data.texts import BUILTIN_TEXTS, TextSet, load_texts, texts_from_bytes
 from unlearn_core.errors import UnlearnError
@@ -22,7 +24,6 @@ from unlearn_core.experiments.compare import (
     DEFAULT_NEW_TOKENS,
     comparison_conditions,
     condition_key,
-    generation_cell,
     generation_key,
     perplexity_cell,
     probe_cell,
@@ -32,6 +33,7 @@ from unlearn_core.experiments.compare import (
 from unlearn_core.experiments.results import ConditionScores, EvaluationResult, ProbeScore
 from unlearn_core.explain.explore import split_prompts, study_prompts
 from unlearn_core.forget_set.selections import check_selections_fit_model, load_selections
+from unlearn_core.scoring.generation import generate_batch
 
 ws = shell.page_setup(needs_model=True)
 fl = state.forget_set(ws.preset.model_id)
@@ -280,7 +282,8 @@ def generation_rows() -> list[dict]:
         for cond in conditions:
             got = cells.get(cell_key("gen", cond, gkey))
             if got is not None:
-                rows.append({"prompt": prompt, "condition": cond.name, "generation": got["text"]})
+                rows.append({"prompt": prompt, "condition": cond.label, "generation": got["text"],
+                             "hp_terms": ", ".join(familiar_terms(got["text"]))})
     return rows
 
 
@@ -292,16 +295,27 @@ def draw_generations() -> None:
     if not rows:
         gen_slot.info("Press **Run generations** to continue each prompt under each condition.")
         return
-    by_prompt: dict[str, dict[str, str]] = {}
+    by_prompt: dict[str, dict[str, dict]] = {}
     for r in rows:
-        by_prompt.setdefault(r["prompt"], {})[r["condition"]] = r["generation"]
+        by_prompt.setdefault(r["prompt"], {})[r["condition"]] = r
     for prompt, outs in by_prompt.items():
-        gen_slot.markdown(f"**{prompt}**")
+        gen_slot.markdown(f"**{md_escape(prompt)}**")  # escaped: typed text is never read as Markdown
         cols = gen_slot.columns(len(conditions))
         for col, cond in zip(cols, conditions, strict=True):
             col.caption(cond.label)
-            col.write(outs.get(cond.label, "…"))
+            got = outs.get(cond.label)
+            col.text(got["generation"] if got else "…")
+            if got and got["hp_terms"]:
+                col.caption("HP terms: " + got["hp_terms"])
+    familiar = {label: sum(bool(r["hp_terms"]) for r in rows if r["condition"] == label) for label in
+                dict.fromkeys(r["condition"] for r in rows)}
+    counts = {label: sum(1 for r in rows if r["condition"] == label) for label in familiar}
+    gen_slot.caption("Familiarity (continuations using a Harry Potter term from the project's list): " + "; ".join(
+        f"{label} {familiar[label]}/{counts[label]}" for label in familiar))
 
+
+GEN_PROMPTS_PER_BATCH = 4
+"""Prompts generated together (all conditions at once); the page fills in after each batch."""
 
 gen_done, gen_total = computed(
     {cell_key("gen", c, generation_key(p, new_tokens, temperature, seed)) for p in prompts for c in conditions})
@@ -310,18 +324,25 @@ run_col, stop_col = st.columns([1, 5])
 if run_col.button("Run generations", icon=":material/play_arrow:", disabled=not prompts):
     with stop_col:
         stop_button("stop_gen")
-    todo = [(p, c) for p in prompts for c in conditions]
-    bar = st.progress(0.0)
-    for n_done, (prompt, cond) in enumerate(todo):
-        key = cell_key("gen", cond, generation_key(prompt, new_tokens, temperature, seed))
-        if key in cells:
-            continue
-        bar.progress(n_done / len(todo), text=f"{cond.label}: {prompt[:50]}…")
+    todo = [p for p in prompts if any(cell_key("gen", c, generation_key(p, new_tokens, temperature, seed)) not in cells
+                                      for c in conditions)]
+    bar = st.progress(0.0, text="Starting…")
+    for start in range(0, len(todo), GEN_PROMPTS_PER_BATCH):
+        batch = todo[start : start + GEN_PROMPTS_PER_BATCH]
+
+        def on_step(step: int, partial: dict, start: int = start, size: int = len(batch)) -> None:  # Stop lands here
+            done = (start + size * min(step / new_tokens, 1.0)) / len(todo)
+            bar.progress(min(done, 1.0), text=f"prompts {start + 1}-{start + size} of {len(todo)}: "
+                                              f"token {step} of {new_tokens}")
+
         try:
-            cells[key] = {"text": generation_cell(lm, cond, prompt, new_tokens, temperature, seed)}
+            texts = generate_batch(lm, batch, conditions, new_tokens, temperature, seed, on_step=on_step)
         except UnlearnError as exc:
             state.flash(str(exc), "error")
             break
+        for (i, name), text in texts.items():
+            cond = next(c for c in conditions if c.name == name)
+            cells[cell_key("gen", cond, generation_key(batch[i], new_tokens, temperature, seed))] = {"text": text}
     st.rerun()
 draw_generations()
 

@@ -52,6 +52,9 @@ def add_evaluate_parser(sub: Any) -> None:
     ev.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per batch")
     ev.add_argument("--device", help="cpu, cuda, mps (default: CUDA when present)")
     ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
+    ev.add_argument("--match-tokens", type=int, default=EvaluationConfig.match_tokens,
+                    help="tokens of retain text the matched random control is matched on (select's default: its "
+                         "cached statistics are reused)")
     ev.add_argument("--no-familiarity", dest="familiarity", action="store_false",
                     help="skip the familiarity of greedy continuations of the HP completion prompts (test split)")
     ev.add_argument("--familiarity-tokens", type=int, default=32, help="tokens per familiarity continuation")
@@ -69,7 +72,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     check_writable(args.json_out)
     check_writable(args.report)
-    for flag, value in (("--familiarity-tokens", args.familiarity_tokens), ("--attack-items", args.attack_items),
+    for flag, value in (("--familiarity-tokens", args.familiarity_tokens), ("--match-tokens", args.match_tokens),
+                        ("--attack-items", args.attack_items),
                         ("--probe-texts-per-class", args.probe_texts_per_class)):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be at least 1")
@@ -89,6 +93,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_tokens=args.batch_tokens,
         device=args.device,
         dtype=args.dtype,
+        match_tokens=args.match_tokens,
         familiarity=args.familiarity,
         familiarity_tokens=args.familiarity_tokens,
         attacks=args.attacks,

@@ -41,6 +41,7 @@ from unlearn_core.forget_set import FeatureList, load_feature_list
 from unlearn_core.forget_set.selections import check_selections_fit_model, load_selections, preset_for_feature_list
 from unlearn_core.models.loading import LoadedModel, load_model
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQ_LEN
+from unlearn_core.selection.stats import DEFAULT_STATS_TOKENS
 
 DEFAULT_TEXTS: tuple[str, ...] = ("wikitext2", "wikitext2-clean", "hp-fanwiki")
 """All test splits: WikiText-2 test rows and the 4 held-out fan-wiki articles (selection tunes on the others)."""
@@ -73,6 +74,8 @@ class EvaluationConfig:
     dtype: str | None = None
     match_corpus: str = DEFAULT_MATCH_CORPUS
     """Retain text the matched random control is matched on (its selection split, so ``select``'s cache serves)."""
+    match_tokens: int = DEFAULT_STATS_TOKENS
+    """Tokens of that text (``select``'s default, so its cached statistics are reused)."""
     familiarity: bool = False
     """Also generate greedy continuations of the test-split HP completion prompts and count HP terms."""
     familiarity_tokens: int = DEFAULT_FAMILIARITY_TOKENS
@@ -131,7 +134,8 @@ def run_evaluation(
     if RANDOM_MATCHED in config.conditions:
         if status:
             status(f"Latent statistics on {config.match_corpus} for the matched random control")
-        profiles = latent_profiles(lm, [s.sae for s in selections], config.match_corpus, batch_tokens=config.batch_tokens)
+        profiles = latent_profiles(lm, [s.sae for s in selections], config.match_corpus, config.match_tokens,
+                                   config.batch_tokens)
     conditions = build_conditions(config.conditions, selections, intervention, seed=config.seed, profiles=profiles)
     text_sets = [load_texts(t, config.max_texts) for t in config.texts]
     probe_sets = [load_knowledge_probes(p) for p in config.probes]
