@@ -12,8 +12,9 @@ import streamlit as st
 from app_support import shell, state, sweep_panel
 from app_support.resources import get_sae
 from app_support.safe_text import md_escape
-from unlearn_core.data.familiarity import familiar_terms
-from unlearn_core.data.probes import BUILTIN_PROBES, ProbeSet, load_probes, probes_from_bytes
+from unlearn_core.data.familiarity import familiar_terms, familiarity_prompts
+from unlearn_core.data.probes import ProbeSet
+from unlearn_core.data.quizzes import Quiz, knowledge_probes_from_bytes, knowledge_set_names, load_knowledge_probes
 from unlearn_core.data.texts import BUILTIN_TEXTS, TextSet, load_texts, texts_from_bytes
 from unlearn_core.errors import UnlearnError
 from unlearn_core.experiments.compare import (
@@ -25,12 +26,12 @@ from unlearn_core.experiments.compare import (
     comparison_conditions,
     condition_key,
     generation_key,
+    knowledge_cell,
     perplexity_cell,
-    probe_cell,
     probe_set_key,
     text_set_key,
 )
-from unlearn_core.experiments.results import ConditionScores, EvaluationResult, ProbeScore
+from unlearn_core.experiments.results import ConditionScores, EvaluationResult, knowledge_score_from_dict
 from unlearn_core.explain.explore import split_prompts, study_prompts
 from unlearn_core.forget_set.selections import check_selections_fit_model, load_selections
 from unlearn_core.scoring.generation import generate_batch
@@ -193,18 +194,24 @@ if run_col.button("Run perplexity", icon=":material/play_arrow:", type="primary"
 # ------------------------------------------------------------------------------------------------ probes
 st.header("Knowledge probes")
 c1, c2 = st.columns([3, 1])
-probe_names = c1.multiselect("Built-in probe sets", list(BUILTIN_PROBES), key="compare_probes",
-                             help="MUSE KnowMem forget QA (Harry Potter events), MUSE retain QA (HP wiki), NQ-open (general).")
+probe_names = c1.multiselect("Built-in probe sets", knowledge_set_names(), key="compare_probes",
+                             help="Multiple-choice quizzes written for this project (HP, general knowledge, adjacent "
+                                  "fiction) and the project's cloze sets, each with a dev and a test split; MUSE "
+                                  "KnowMem forget QA (HP events), MUSE retain QA (HP wiki), NQ-open (general).")
 state.widget_default(state.Key.COMPARE_PROBE_ITEMS, 50)
 max_items = c2.number_input("Items per set", 5, 2000, key="compare_probe_items")
-probe_uploads = st.file_uploader("Your own probe files: cloze {\"prompt\",\"answer\"} or QA {\"question\",\"answer\"}, "
-                                 "JSON list or JSONL", type=["json", "jsonl"], accept_multiple_files=True, key="probe_uploads")
-probe_sets: list[ProbeSet] = [load_probes(n, int(max_items)) for n in probe_names]
+probe_uploads = st.file_uploader("Your own probe files: multiple choice {\"question\",\"choices\",\"answer\": index}, "
+                                 "cloze {\"prompt\",\"answer\"} or QA {\"question\",\"answer\"}; JSON list or JSONL",
+                                 type=["json", "jsonl"], accept_multiple_files=True, key="probe_uploads")
+probe_sets: list[ProbeSet | Quiz] = [load_knowledge_probes(n, int(max_items)) for n in probe_names]
 for up in probe_uploads or []:
     try:
-        probe_sets.append(probes_from_bytes(up.getvalue(), up.name, int(max_items)))
+        probe_sets.append(knowledge_probes_from_bytes(up.getvalue(), up.name, int(max_items)))
     except UnlearnError as exc:
         st.error(f"{exc}. It is left out.")
+
+PROBE_METRICS = {"cloze": ("top1", "mean_logprob"), "quiz": ("acc_calibrated", "acc", "acc_norm")}
+"""The headline metric first: top-1 for cloze/QA, lm-eval's calibrated accuracy for multiple choice."""
 
 
 def probe_rows() -> list[dict]:
@@ -216,10 +223,11 @@ def probe_rows() -> list[dict]:
             got = cells.get(cell_key("probe", cond, pkey))
             if got is None:
                 continue
-            for metric in ("top1", "mean_logprob"):
-                ratio = got[metric] / base[metric] if base and base[metric] else None
+            for metric in PROBE_METRICS["quiz" if "acc" in got else "cloze"]:
+                ratio = got[metric] / base[metric] if base and base.get(metric) else None
                 rows.append({"condition": cond.label, "metric": f"probe {metric}", "dataset": ps.name,
-                             "value": got[metric], "ratio_to_baseline": ratio, "n": got["n"], "complete": True})
+                             "value": got[metric], "ratio_to_baseline": ratio, "n": got["n"],
+                             "chance": got.get("chance"), "complete": True})
     return rows
 
 
@@ -227,13 +235,16 @@ probe_slot = st.empty()
 
 
 def draw_probes() -> None:
-    rows = [r for r in probe_rows() if r["metric"] == "probe top1"]
+    rows = [r for r in probe_rows() if r["metric"] in ("probe top1", "probe acc_calibrated")]
     if not rows:
         probe_slot.info("Choose or upload probe sets, then **Run probes**.")
         return
     fig = px.bar(pd.DataFrame(rows), x="dataset", y="value", color="condition", barmode="group", text_auto=".2f",
-                 labels={"value": "top-1 accuracy", "dataset": ""}, title="Knowledge probes: first answer token is the argmax",
+                 labels={"value": "accuracy", "dataset": ""},
+                 title="Knowledge probes: cloze top-1, multiple-choice calibrated accuracy (dotted: chance)",
                  color_discrete_map=condition_colors())
+    for chance in {r["chance"] for r in rows if r["chance"]}:
+        fig.add_hline(y=chance, line_dash="dot", line_color="#6b7280")
     fig.update_layout(legend_title_text="", height=380, margin={"t": 50, "b": 10}, yaxis_range=[0, 1])
     probe_slot.plotly_chart(fig, width="stretch", key=f"probe_chart_{next(DRAWS)}",
                             config={"toImageButtonOptions": {"format": "png", "filename": "probes", "scale": 2}})
@@ -252,17 +263,22 @@ if run_col.button("Run probes", icon=":material/play_arrow:", disabled=not probe
             continue
         bar.progress(n_done / len(todo), text=f"{cond.label} on {ps.name}…")
         try:
-            res = probe_cell(lm, cond, ps)
+            cells[key] = knowledge_cell(lm, cond, ps)
         except UnlearnError as exc:
             state.flash(f"{ps.name}: {exc}", "error")
             break
-        cells[key] = {"top1": res.top1, "mean_logprob": res.mean_logprob, "n": res.n}
         draw_probes()
     st.rerun()
 
 # ------------------------------------------------------------------------------------------------ generations
 st.header("Generations")
 state.widget_default(state.Key.COMPARE_PROMPTS, "\n".join(study_prompts()))
+b1, b2, _ = st.columns([2, 3, 3])
+b1.button("The study's 7 prompts", on_click=state.set_widget, args=(state.Key.COMPARE_PROMPTS, "\n".join(study_prompts())))
+b2.button("HP completion prompts (familiarity, test split)", on_click=state.set_widget,
+          args=(state.Key.COMPARE_PROMPTS, "\n".join(p.prompt for p in familiarity_prompts("test"))),
+          help="30 prompts written for this project that invite Harry Potter content; each continuation is checked "
+               "against the project's Harry Potter term list, and the share per condition is shown below.")
 prompts_text = st.text_area("Prompts, one per line (default: the study's 4 Harry Potter + 3 unrelated prompts)",
                             key="compare_prompts", height=150)
 c1, c2, c3 = st.columns(3)
@@ -371,7 +387,7 @@ def compare_result() -> EvaluationResult:
         for ps in probe_sets:
             got = cells.get(cell_key("probe", cond, probe_set_key(ps)))
             if got is not None:
-                scores.probes[ps.name] = ProbeScore(got["top1"], got["mean_logprob"], got["n"])
+                scores.probes[ps.name] = knowledge_score_from_dict(got)
         result.conditions[cond.name] = scores
     return result
 

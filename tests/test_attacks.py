@@ -15,13 +15,12 @@ from unlearn_core.ablation.interventions import Intervention, LatentSelection
 from unlearn_core.cli import main
 from unlearn_core.data.quizzes import Quiz, load_quiz, paraphrased, translated
 from unlearn_core.errors import InputError
-from unlearn_core.experiments import attacks
+from unlearn_core.experiments import attacks, setup
+from unlearn_core.experiments.attack_report import attack_markdown, attack_table
 from unlearn_core.experiments.attacks import (
     ATTACKS,
     HOOK_OFF_NOTE,
     AttackConfig,
-    attack_markdown,
-    attack_table,
     fraction_recovered,
     hook_off_row,
     kshot_template,
@@ -200,7 +199,7 @@ def test_probe_features_are_mean_pooled_without_bos(tiny_lm):
 
 
 def test_run_attacks_end_to_end_on_the_tiny_model(tiny_lm, split_files, forget_file, monkeypatch):
-    monkeypatch.setattr(attacks, "_versions", lambda: {})
+    monkeypatch.setattr(setup, "versions", lambda: {})
     dev_file, test_file = split_files
     config = AttackConfig(forget_set=str(forget_file), mode="clamp", value=3.0, quiz=str(test_file),
                           shots_from=str(dev_file), shots=2, probe_texts_per_class=6, seed=1)
@@ -236,7 +235,7 @@ def test_run_attacks_end_to_end_on_the_tiny_model(tiny_lm, split_files, forget_f
 @pytest.mark.parametrize("flags", [["--shots", "0"], ["--max-items", "0"], ["--probe-texts-per-class", "1"],
                                    ["--languages", "French!"], ["--mode", "erase"]])
 def test_cli_refuses_bad_flags_at_parsing(flags, forget_file, monkeypatch, capsys):
-    monkeypatch.setattr(attacks, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(setup, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(SystemExit) as exc:
         main(["attack", "--forget-set", str(forget_file), *flags])
     assert exc.value.code == 2
@@ -251,6 +250,6 @@ def test_cli_refuses_bad_flags_at_parsing(flags, forget_file, monkeypatch, capsy
     (["--json", "/nonexistent/folder/out.json"], "cannot write"),
 ])
 def test_cli_refuses_bad_inputs_before_loading_a_model(flags, message, forget_file, monkeypatch, capsys):
-    monkeypatch.setattr(attacks, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(setup, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(["attack", "--forget-set", str(forget_file), *flags]) == 2
     assert message in capsys.readouterr().err

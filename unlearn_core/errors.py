@@ -26,3 +26,7 @@ class TextSourceError(UnlearnError):
 
 class InputError(UnlearnError):
     """A user-supplied argument (prompt, latent id, option) is invalid."""
+
+
+class Stopped(UnlearnError):
+    """A long job was stopped on request (its ``should_stop`` said so), between two batches."""

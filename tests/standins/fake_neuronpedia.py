@@ -22,6 +22,7 @@ class Reply:
     body: Any = None  # bytes/str sent as is, anything else JSON-encoded
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to sleep before answering
+    send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
 
 
 def feature(description: str | None = None, frac_nonzero: float | None = 0.01, max_act: float | None = 3.5) -> Reply:
@@ -77,7 +78,8 @@ class FakeNeuronpedia:
                     self.send_header("Content-Type", "application/json")
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(data)))
+                    if reply.send_length:
+                        self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)

@@ -323,7 +323,8 @@ def intervened(lm: LoadedModel, hooks: Sequence[Hook]) -> Iterator[Any]:
     """Hold the model exclusively with ``hooks`` attached; yields the model. Hooks are gone on exit, even on error.
 
     An empty hook list gives the plain model (still held exclusively, so no other caller's hooks can be attached
-    meanwhile).
+    meanwhile). Hold it for one forward pass (one batch) at a time, never around a loop over batches: the model's
+    lock is fair, so callers waiting for it then get their turn between two batches of a long job.
     """
     with lm.exclusive() as model:
         if not hooks:

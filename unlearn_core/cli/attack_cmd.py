@@ -9,7 +9,8 @@ from typing import Any
 
 from unlearn_core.ablation.interventions import MODES
 from unlearn_core.cli.common import TokenProgress, check_writable, command_string, print_status
-from unlearn_core.experiments.attacks import HOOK_OFF_NOTE, AttackConfig, attack_markdown, attack_table, run_attacks
+from unlearn_core.experiments.attack_report import attack_markdown, attack_table
+from unlearn_core.experiments.attacks import HOOK_OFF_NOTE, AttackConfig, run_attacks
 from unlearn_core.experiments.evaluate import write_json
 from unlearn_core.models.presets import PRESETS
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from unlearn_core.data.probes import BUILTIN_PROBES, SPLIT_PROBES, ProbeSet, _parse_records, load_probes
+from unlearn_core.data.probes import BUILTIN_PROBES, SPLIT_PROBES, ProbeSet, _parse_records, load_probes, probes_from_bytes
 from unlearn_core.data.texts import DATA_DIR, decode_text, read_text_file
 from unlearn_core.errors import TextSourceError
 
@@ -258,3 +258,16 @@ def load_knowledge_probes(name_or_path: str, max_items: int | None = None) -> Pr
     if _builtin_and_split(name_or_path) is not None or (not cloze_builtin and looks_like_quiz(name_or_path)):
         return load_quiz(name_or_path, max_items=max_items)
     return load_probes(name_or_path, max_items)
+
+
+def knowledge_set_names() -> list[str]:
+    """Every built-in knowledge-probe name, test splits first: quizzes, the project's cloze splits, QA sets."""
+    quizzes = [f"{name}:{split}" for split in ("test", "dev") for name in BUILTIN_QUIZZES]
+    return quizzes + list(SPLIT_PROBES) + list(BUILTIN_PROBES)
+
+
+def knowledge_probes_from_bytes(data: bytes, name: str, max_items: int | None = None) -> ProbeSet | Quiz:
+    """An uploaded probe file of either kind, recognised by its fields (multiple choice, cloze or QA)."""
+    if looks_like_quiz(data):
+        return quiz_from_bytes(data, name, max_items=max_items)
+    return probes_from_bytes(data, name, max_items)

@@ -26,10 +26,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from unlearn_core.ablation.conditions import ABLATED, BASELINE, RANDOM_CONTROL, Condition, build_conditions
-from unlearn_core.ablation.interventions import hook_name_for
+from unlearn_core.ablation.interventions import Intervention, LatentSelection
 from unlearn_core.data.quizzes import Quiz, load_quiz, paraphrased, translated
 from unlearn_core.errors import InputError
-from unlearn_core.experiments.evaluate import EvaluationConfig, _versions, resolve_intervention
 from unlearn_core.experiments.linear_probe import (
     PROBE_MAX_SEQ_LEN,
     ProbeResult,
@@ -38,9 +37,8 @@ from unlearn_core.experiments.linear_probe import (
     probe_under_hooks,
 )
 from unlearn_core.experiments.results import PROBE_SEQ_LEN, StageProgressFn, StatusFn
-from unlearn_core.forget_set import load_feature_list
-from unlearn_core.forget_set.selections import check_selections_fit_model, load_selections, preset_for_feature_list
-from unlearn_core.models.loading import LoadedModel, load_model
+from unlearn_core.experiments.setup import ForgetSetConfig, prepare_run, run_settings
+from unlearn_core.models.loading import LoadedModel
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS
 from unlearn_core.scoring.choices import QUIZ_TEMPLATE, ChoiceResult, accuracies, choice_loglikelihoods
 
@@ -56,15 +54,10 @@ HOOK_OFF_NOTE = ("Removing the hooks restores the model: this edit is an inferen
 
 
 @dataclass
-class AttackConfig:
-    """Everything that determines an attack run's numbers (intervention flags as in :class:`EvaluationConfig`)."""
+class AttackConfig(ForgetSetConfig):
+    """Everything that determines an attack run's numbers: the forget set and intervention flags (as ``evaluate``'s,
+    see :class:`~unlearn_core.experiments.setup.ForgetSetConfig`) and the attacks."""
 
-    forget_set: str
-    preset: str | None = None
-    mode: str | None = None
-    value: float | None = None
-    hook_site: str = "trained"
-    relative: bool = False
     quiz: str = "hp-quiz:test"
     shots_from: str = "hp-quiz:dev"
     shots: int = 3
@@ -72,10 +65,6 @@ class AttackConfig:
     max_items: int | None = None
     probe_texts_per_class: int = 200
     attacks: Sequence[str] = ATTACKS
-    seed: int = 0
-    batch_tokens: int = DEFAULT_BATCH_TOKENS
-    device: str | None = None
-    dtype: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -278,7 +267,26 @@ def run_attacks(
     ``result.rows`` holds one :class:`AttackRow` per attack (the plain questions first), ``result.settings`` the
     configuration as ``evaluate`` records it; ``result.to_dict()`` is what ``attack --json`` writes.
     """
-    started = time.perf_counter()
+    plan = plan_attacks(config)  # validates flags and loads the quizzes before anything slow happens
+    run = prepare_run(config, lm, status)
+    result = attack_selections(run.lm, run.selections, run.intervention, config, plan, status, progress)
+    result.settings = {**run_settings(config, run), "conditions": list(ATTACK_CONDITIONS),
+                       "headline_metric": HEADLINE_METRIC}
+    return result
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """The quiz variants and probe texts an attack run scores (loaded and checked up front)."""
+
+    quiz: Quiz
+    variants: tuple[QuizVariant, ...]
+    shot_ids: tuple[str, ...]
+    texts: ProbeTexts | None
+
+
+def plan_attacks(config: AttackConfig) -> AttackPlan:
+    """Check the attack flags and load the quiz variants and the probe texts."""
     unknown = [a for a in config.attacks if a not in ATTACKS]
     if unknown:
         raise InputError(f"unknown attack(s) {unknown}; choose from {list(ATTACKS)}")
@@ -291,38 +299,32 @@ def run_attacks(
         kshot = (template, config.shots_from)
     variants = quiz_variants(quiz, config.attacks, config.languages, kshot)
     texts = probe_texts(config.probe_texts_per_class, config.seed) if "linear-probe" in config.attacks else None
-    fl = load_feature_list(config.forget_set)
-    eval_config = EvaluationConfig(forget_set=config.forget_set, preset=config.preset, mode=config.mode, value=config.value,
-                                   hook_site=config.hook_site, relative=config.relative)
-    intervention = resolve_intervention(eval_config, fl)
-    preset = preset_for_feature_list(fl, config.preset)
-    if lm is None or lm.preset.model_id != preset.model_id:
-        lm = load_model(preset, device=config.device, dtype=config.dtype, progress=status)
-    selections = load_selections(fl, device=lm.device, dtype=lm.dtype, status=status)
-    check_selections_fit_model(lm, selections, intervention)
+    return AttackPlan(quiz, tuple(variants), tuple(shot_ids), texts)
+
+
+def attack_selections(
+    lm: LoadedModel,
+    selections: Sequence[LatentSelection],
+    intervention: Intervention,
+    config: AttackConfig,
+    plan: AttackPlan | None = None,
+    status: StatusFn | None = None,
+    progress: StageProgressFn | None = None,
+) -> AttackResult:
+    """The attacks against already loaded selections (what the Compare page runs on the forget set it holds)."""
+    started = time.perf_counter()
+    plan = plan or plan_attacks(config)
     conditions = build_conditions(ATTACK_CONDITIONS, selections, intervention, seed=config.seed)
     probe_hook = f"blocks.{max(s.sae.layer for s in selections)}.hook_resid_post" if selections else None
-    probe = (texts, probe_hook) if texts is not None and probe_hook is not None else None
-
-    rows, details = measure_attacks(lm, conditions, variants, config.attacks, probe, config.batch_tokens, status, progress)
-    details |= {"shots": list(shot_ids), "quiz_items": len(quiz), "probe_hook": probe_hook,
+    probe = (plan.texts, probe_hook) if plan.texts is not None and probe_hook is not None else None
+    rows, details = measure_attacks(lm, conditions, plan.variants, config.attacks, probe, config.batch_tokens, status,
+                                    progress)
+    details |= {"shots": list(plan.shot_ids), "quiz_items": len(plan.quiz), "probe_hook": probe_hook,
                 "probe_max_seq_len": PROBE_MAX_SEQ_LEN, "quiz_max_seq_len": PROBE_SEQ_LEN,
                 "random_latents": {s.sae.ref: list(s.latents) for c in conditions if c.name == RANDOM_CONTROL
                                    for s in c.selections},
                 "seconds_total": round(time.perf_counter() - started, 2)}
-    settings = {
-        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
-        "mode": intervention.mode, "value": intervention.value, "relative": intervention.relative,
-        "hook_site": intervention.hook_site, "forget_set_name": fl.name, "model": preset.model_id, "preset": preset.name,
-        "intervention": intervention.describe(),
-        "intervention_settings": {"mode": intervention.mode, "value": intervention.value,
-                                  "relative": intervention.relative, "hook_site": intervention.hook_site},
-        "saes": [{"sae": s.sae.ref, "hook_name": s.sae.hook_name, "applied_at": hook_name_for(s, intervention.hook_site),
-                  "n_latents": len(s.latents)} for s in selections],
-        "conditions": list(ATTACK_CONDITIONS), "headline_metric": HEADLINE_METRIC,
-        "device": lm.device, "dtype": str(lm.dtype).removeprefix("torch."), "versions": _versions(),
-    }
-    return AttackResult(rows, details, settings)
+    return AttackResult(rows, details)
 
 
 def definitions() -> dict[str, str]:
@@ -339,49 +341,14 @@ def definitions() -> dict[str, str]:
     }
 
 
-_NA = {"linear-probe": "n/a: baseline probe at chance"}
-
-
-def attack_table(result: dict[str, Any], metric: str | None = None, markdown: bool = False) -> list[str]:
-    """Rows x (baseline / ablated / random control, fraction recovered for each edit) of an ``AttackResult.to_dict()``;
-    ``metric`` None: each row's headline metric, else that quiz metric (the probe keeps AUROC)."""
-    headers = ["attack", "data", "metric", "baseline", "ablated", "random control", "recovered (ablated)",
-               "recovered (random control)"]
-    table = []
-    for row in result["rows"]:
-        m = metric if metric in row["scores"][BASELINE] else row["metric"]
-        na = _NA.get(row["attack"], "n/a: nothing was forgotten")
-        fractions = [na if (f := row["recovered"][m].get(c)) is None else f"{f:.0%}" for c in EDITED]
-        table.append([row["attack"], row["data"], m, *(f"{row['scores'][c][m]:.3f}" for c in ATTACK_CONDITIONS), *fractions])
-    if markdown:
-        return ["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"] + ["| " + " | ".join(r) + " |" for r in table]
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
-    lines = [headers, ["-" * w for w in widths], *table]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines]
-
-
-def attack_markdown(result: dict[str, Any], command: str | None = None) -> str:
-    """A Markdown report of an ``AttackResult.to_dict()``: the command, the settings, both tables, the definitions."""
-    s, d = result.get("settings", {}), result.get("details", {})
-    lines = [f"# Attacks on {s.get('forget_set_name', 'a forget set')}", ""]
-    if command:
-        lines += ["Produced by:", "", f"    {command}", ""]
-    lines += [f"- model: {s.get('model')} (preset {s.get('preset')}), {s.get('device')}, {s.get('dtype')}",
-              f"- intervention: {s.get('intervention')}",
-              "- latents: " + ", ".join(f"{x['sae']} ({x['n_latents']})" for x in s.get("saes", [])),
-              f"- quiz: {s.get('quiz')} ({d.get('quiz_items')} items); languages: {', '.join(s.get('languages', []))}",
-              f"- k-shot: {s.get('shots')} shots from {s.get('shots_from')} ({', '.join(d.get('shots', [])) or 'none'})",
-              f"- linear probe: {d.get('probe_hook')}, up to {s.get('probe_texts_per_class')} texts per class",
-              f"- seed: {s.get('seed')} (random control, shots, probe texts)",
-              "", f"## Can the forgotten knowledge be recovered? ({HEADLINE_METRIC})", "",
-              *attack_table(result, markdown=True), "", "## The same with acc", "",
-              *attack_table(result, "acc", markdown=True), "", "## Definitions", ""]
-    lines += [f"- **{k}**: {v}" for k, v in result.get("definitions", definitions()).items()]
-    lines += ["", "## Hook-off", "", HOOK_OFF_NOTE]
-    return "\n".join(lines) + "\n"
-
-
 def _stage(progress: StageProgressFn | None, stage: str) -> Callable[[int, int], None] | None:
     if progress is None:
         return None
     return lambda done, total: progress(stage, done, total)
+
+
+def attack_table(result: dict[str, Any], metric: str | None = None, markdown: bool = False) -> list[str]:
+    """See :func:`unlearn_core.experiments.attack_report.attack_table` (kept here for older imports)."""
+    from unlearn_core.experiments.attack_report import attack_table as table
+
+    return table(result, metric, markdown)

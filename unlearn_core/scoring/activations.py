@@ -2,6 +2,8 @@
 
 This is what Explore (top latents per prompt), latent selection (firing rates on forget vs retain text) and SAE
 training (activation caches) are built on. Batches are streamed, so a large corpus never has to fit in memory.
+Each batch holds the model on its own (other callers get their turn in between) and ``should_stop`` is asked before
+each one (see :mod:`unlearn_core.scoring.batching`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from unlearn_core.ablation.interventions import Hook, intervened
 from unlearn_core.errors import InputError
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.saes.loading import layer_of_hook
-from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, ProgressCallback, batches_by_length, right_padded
+from unlearn_core.scoring.batching import (
+    DEFAULT_BATCH_TOKENS,
+    ProgressCallback,
+    StopCheck,
+    batches_by_length,
+    check_stop,
+    right_padded,
+)
 
 
 @dataclass(frozen=True)
@@ -46,11 +55,13 @@ def iter_activations(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     extra_hooks: Sequence[Hook] = (),
     progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
 ) -> Iterator[ActivationBatch]:
     """Stream activations at ``hook_names`` for token sequences (BOS first), one padded batch at a time.
 
     ``extra_hooks`` (e.g. an intervention) run too, so activations can be read under an ablation; capture hooks
-    are added after them and therefore see the edited activations.
+    are added after them and therefore see the edited activations. The model is held only while a batch runs
+    (never while the caller works on a yielded batch); ``should_stop`` is asked before each batch.
     """
     if not hook_names:
         raise InputError("no hook names given")
@@ -62,6 +73,7 @@ def iter_activations(
     total = sum(lengths)
     done = 0
     for batch in batches_by_length(lengths, batch_tokens):
+        check_stop(should_stop)
         tokens, position_grid, batch_lengths = right_padded(lm, sequences, batch)
         keep = (position_grid >= first) & (position_grid < batch_lengths[:, None])
         captured: dict[str, torch.Tensor] = {}
@@ -98,9 +110,11 @@ def collect_activations(
     include_bos: bool = False,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     extra_hooks: Sequence[Hook] = (),
+    should_stop: StopCheck | None = None,
 ) -> ActivationBatch:
     """All activations at once, rows in input order (sequence, then position). For small inputs such as prompts."""
-    parts = list(iter_activations(lm, sequences, hook_names, include_bos, batch_tokens, extra_hooks))
+    parts = list(iter_activations(lm, sequences, hook_names, include_bos, batch_tokens, extra_hooks,
+                                  should_stop=should_stop))
     seq = torch.cat([p.sequence_index for p in parts])
     pos = torch.cat([p.position for p in parts])
     order = torch.argsort(seq * (max(len(s) for s in sequences) + 1) + pos)

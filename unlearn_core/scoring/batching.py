@@ -3,22 +3,33 @@
 Every text gets BOS prepended. Sequences are sorted by length and right-padded (causal attention means padding after
 a text cannot change its scores, so no attention mask is needed), and the vocabulary projection is done only for
 real positions, in chunks, so a 262k-token vocabulary never materialises as one huge logits tensor.
+
+Sharing and stopping, for every scoring loop of this stage: each batch takes the model's lock (and adds its hooks)
+on its own, so other callers of the same model get their turn between two batches; and before each batch the job
+asks ``should_stop`` (and any :func:`stoppable` scope around the call), raising :class:`~unlearn_core.errors.Stopped`
+when told to, so a caller can end any job within one batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from unlearn_core.ablation.interventions import Hook, intervened
-from unlearn_core.errors import InputError
+from unlearn_core.errors import InputError, Stopped
 from unlearn_core.models.loading import LoadedModel
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)``; units are tokens for scoring and steps for generation."""
+StopCheck = Callable[[], bool]
+"""Asked between batches; True ends the job with :class:`~unlearn_core.errors.Stopped`."""
+
+_SCOPED_STOPS: contextvars.ContextVar[tuple[StopCheck, ...]] = contextvars.ContextVar("scoped_stops", default=())
 
 DEFAULT_MAX_SEQ_LEN = 1024
 DEFAULT_BATCH_TOKENS = 2048
@@ -32,6 +43,23 @@ def tokenize_with_bos(lm: LoadedModel, texts: Sequence[str], max_seq_len: int = 
     max_seq_len = min(max_seq_len, lm.n_ctx)
     encoded = lm.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     return [([lm.bos_token_id] + ids)[:max_seq_len] for ids in encoded]
+
+
+@contextlib.contextmanager
+def stoppable(should_stop: StopCheck) -> Iterator[None]:
+    """Within this block, every scoring loop of this stage run by this thread also asks ``should_stop`` between
+    batches, including those inside functions that take no ``should_stop`` of their own (probe and quiz scores)."""
+    token = _SCOPED_STOPS.set((*_SCOPED_STOPS.get(), should_stop))
+    try:
+        yield
+    finally:
+        _SCOPED_STOPS.reset(token)
+
+
+def check_stop(should_stop: StopCheck | None = None) -> None:
+    """Raise :class:`~unlearn_core.errors.Stopped` if ``should_stop`` or an enclosing :func:`stoppable` says so."""
+    if (should_stop is not None and should_stop()) or any(check() for check in _SCOPED_STOPS.get()):
+        raise Stopped("stopped on request")
 
 
 @dataclass(frozen=True)
@@ -78,31 +106,37 @@ def score_tokens(
     hooks: Sequence[Hook] = (),
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
 ) -> list[TokenScores]:
-    """Per-token log-probabilities and argmax hits for each sequence, batched, under ``hooks``."""
+    """Per-token log-probabilities and argmax hits for each sequence, batched, under ``hooks``.
+
+    Each batch holds the model (with ``hooks``) on its own; ``should_stop`` is asked before each batch
+    (:class:`~unlearn_core.errors.Stopped` when it says so).
+    """
     if any(len(s) < 2 for s in sequences):
         raise InputError("every sequence needs at least two tokens (BOS and one more)")
     lengths = [len(s) for s in sequences]
     total = sum(n - 1 for n in lengths)
     done = 0
     results: list[TokenScores | None] = [None] * len(sequences)
-    with torch.inference_mode(), intervened(lm, hooks) as model:
-        for batch in batches_by_length(lengths, batch_tokens):
-            tokens, positions, batch_lengths = right_padded(lm, sequences, batch)
-            tokens = tokens.to(lm.device)
+    for batch in batches_by_length(lengths, batch_tokens):
+        check_stop(should_stop)
+        tokens, positions, batch_lengths = right_padded(lm, sequences, batch)
+        tokens = tokens.to(lm.device)
+        with torch.inference_mode(), intervened(lm, hooks) as model:
             resid = model(tokens, stop_at_layer=model.cfg.n_layers)
             # Positions 0..n-2 of each row predict tokens 1..n-1; gather them all into one flat list.
             keep = (positions < (batch_lengths - 1)[:, None]).to(resid.device)
             targets = tokens[:, 1:][keep[:, :-1]]
             logp, hits = _final_logprobs(model, resid[keep], targets)
-            offset = 0
-            for i in batch:
-                n = lengths[i] - 1
-                results[i] = TokenScores(logp[offset : offset + n].cpu(), hits[offset : offset + n].cpu())
-                offset += n
-            done += sum(lengths[i] - 1 for i in batch)
-            if progress is not None:
-                progress(done, total)
+        offset = 0
+        for i in batch:
+            n = lengths[i] - 1
+            results[i] = TokenScores(logp[offset : offset + n].cpu(), hits[offset : offset + n].cpu())
+            offset += n
+        done += sum(lengths[i] - 1 for i in batch)
+        if progress is not None:
+            progress(done, total)
     return [r for r in results if r is not None]
 
 
