@@ -27,3 +27,13 @@ def real_lm() -> LoadedModel:
     from unlearn_core.models.loading import load_model
 
     return load_model("gemma-3-270m-offline", device="cpu", dtype="float32")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_neuronpedia_breakers():
+    """Each test starts with every Neuronpedia circuit breaker closed (they are process-wide by design)."""
+    from unlearn_core.saes.neuronpedia.breaker import reset_breakers
+
+    reset_breakers()
+    yield
+    reset_breakers()

@@ -370,6 +370,7 @@ def test_check_sae_allowed(tmp_path):
 
 def test_sae_download_size(tmp_path, monkeypatch):
     import huggingface_hub.constants
+
     from unlearn_core.saes.allow import sae_download_size
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))

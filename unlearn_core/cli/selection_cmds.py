@@ -44,6 +44,7 @@ def add_select_parser(sub: Any) -> None:
     se.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     se.add_argument("--device", help="cpu, cuda, mps (default: CUDA when present)")
     se.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
+    _add_ray_flags(se, "compute the latent statistics in N contiguous shards on N Ray workers (same result)")
 
 
 def add_sweep_parser(sub: Any) -> None:
@@ -81,6 +82,13 @@ def add_sweep_parser(sub: Any) -> None:
     sw.add_argument("--write-best", help="also write the best point's forget set to this feature-list file")
     sw.add_argument("--device", help="cpu, cuda, mps (default: CUDA when present)")
     sw.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
+    _add_ray_flags(sw, "measure points on N Ray workers, each with its own copy of the model (same result)")
+
+
+def _add_ray_flags(parser: Any, what: str) -> None:
+    parser.add_argument("--workers", type=int, help=f"{what}; without it Ray is not used")
+    parser.add_argument("--ray-address", help="join this Ray cluster ('auto' or HOST:PORT) instead of starting Ray on "
+                                              "this machine; needs --workers")
 
 
 def add_plot_sweep_parser(sub: Any) -> None:
@@ -134,12 +142,19 @@ def run_select(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not args.overwrite:
         raise FeatureListError(f"{args.out} exists; choose another --out or add --overwrite")
     check_writable(args.out)
+    _check_ray_flags(args)
     lm, saes, config = _selection_setup(args)
-    bar = TokenProgress()
-    try:
-        chosen = suggest(lm, saes, config, progress=bar)
-    finally:
-        bar.close()
+    if args.workers:
+        from unlearn_core.experiments.sweep_ray import ModelSpec, RayPool, suggest_on_ray
+
+        with RayPool(ModelSpec.of(lm, saes), args.workers, args.ray_address) as pool:
+            chosen = suggest_on_ray(lm, saes, config, pool, progress=_shard_status)
+    else:
+        bar = TokenProgress()
+        try:
+            chosen = suggest(lm, saes, config, progress=bar)
+        finally:
+            bar.close()
     fl = suggested_feature_list(lm, saes, chosen, config, name=args.name)
     fl.selection = dataclasses.replace(fl.selection, command=command_string("select", args))
     path = save_feature_list(fl, args.out, overwrite=args.overwrite)
@@ -155,7 +170,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from unlearn_core.experiments.report import sweep_markdown
-    from unlearn_core.experiments.sweep import SweepConfig, run_sweep, sweep_points
+    from unlearn_core.experiments.sweep import SweepConfig, load_sweep_data, run_sweep, sweep_points
     from unlearn_core.files import write_json_atomic, write_text_atomic
     from unlearn_core.selection.suggest import suggest
 
@@ -180,16 +195,28 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     for spec in args.interventions:
         Intervention.from_spec(spec)  # a typo fails now, not after the model has loaded
+    _check_ray_flags(args)
     args.top = max(args.ns)
     lm, saes, config = _selection_setup(args)
     sweep_points(sweep_config, [s.layer for s in saes])  # validates specs before the long part
-    bar = TokenProgress()
-    try:
-        ranked = suggest(lm, saes, config, progress=bar)
-        sweep_config.extra["selection"] = f"{config.method} rule on {' vs '.join(config.corpora())}"
-        result = run_sweep(lm, saes, ranked, sweep_config, progress=bar, status=print_status)
-    finally:
-        bar.close()
+    data = load_sweep_data(sweep_config)
+    sweep_config.extra["selection"] = f"{config.method} rule on {' vs '.join(config.corpora())}"
+    points_dir = out_dir / "points"
+    if args.workers:
+        from unlearn_core.experiments.sweep_ray import ModelSpec, RayPool, suggest_on_ray
+
+        with RayPool(ModelSpec.of(lm, saes), args.workers, args.ray_address) as pool, PointsBar() as points_bar:
+            ranked = suggest_on_ray(lm, saes, config, pool, progress=_shard_status)
+            result = run_sweep(lm, saes, ranked, sweep_config, status=points_bar.write, data=data,
+                               runner=pool.runner(sweep_config, data), points_dir=points_dir, on_point=points_bar)
+    else:
+        bar = TokenProgress()
+        try:
+            ranked = suggest(lm, saes, config, progress=bar)
+            result = run_sweep(lm, saes, ranked, sweep_config, progress=bar, status=print_status, data=data,
+                               points_dir=points_dir)
+        finally:
+            bar.close()
     command = command_string("sweep", args)
     result["command"] = command
     report = sweep_markdown(result, command)
@@ -204,6 +231,51 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"warning: no point stayed within the retain budget, so {args.write_best} was not written",
               file=sys.stderr)
     return 0
+
+
+def _check_ray_flags(args: argparse.Namespace) -> None:
+    if args.workers is not None and args.workers < 1:
+        raise InputError("--workers must be >= 1")
+    if args.ray_address and not args.workers:
+        raise InputError("--ray-address needs --workers N (how many actors to start on the cluster)")
+
+
+def _shard_status(stage: str, done: int, total: int) -> None:
+    print_status(f"{stage}: {done}/{total} shards")
+
+
+class PointsBar:
+    """One tqdm bar (on stderr) of sweep points done across all workers; a new bar for each batch (points, then
+    the best point's controls)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __enter__(self) -> PointsBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __call__(self, event: Any) -> None:
+        from tqdm.auto import tqdm
+
+        if self.bar is None or event.done == 1:
+            self.close()
+            self.bar = tqdm(total=event.total, desc="points", unit="point", file=sys.stderr)
+        self.bar.update(event.done - self.bar.n)
+        self.bar.set_postfix_str(f"last: {event.name}", refresh=True)
+
+    def write(self, message: str) -> None:
+        """A status line above the bar."""
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _write_plots(result: dict[str, Any], out_dir: Any) -> None:

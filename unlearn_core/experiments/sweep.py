@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from unlearn_core.ablation.conditions import Condition, random_selections
@@ -27,6 +28,17 @@ from unlearn_core.data.quizzes import load_quiz
 from unlearn_core.data.texts import load_texts
 from unlearn_core.errors import InputError
 from unlearn_core.experiments.results import MeasureOptions, StageProgressFn, measure_condition, selectivity
+from unlearn_core.experiments.sweep_store import (
+    ConditionSpec,
+    DoneFn,
+    Job,
+    PointDone,
+    PointStore,
+    Runner,
+    SweepData,
+    SweepKeys,
+    measure_jobs,
+)
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.saes.loading import LoadedSae
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS
@@ -155,19 +167,34 @@ def point_selections(
     return tuple(out)
 
 
-class Measurer:
-    """Measures conditions on the sweep's fixed text and probe sets (loaded once), through the same
-    :func:`~unlearn_core.experiments.results.measure_condition` as ``evaluate``."""
+MEASUREMENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Measurement))
 
-    def __init__(self, lm: LoadedModel, config: SweepConfig) -> None:
+
+def load_sweep_data(config: SweepConfig) -> SweepData:
+    """The sweep's text, probe and quiz sets, loaded once (with the configured limits)."""
+    quizzes = {field_name: load_quiz(name) for field_name, name in
+               zip(Measurement.QUIZZES, (config.forget_quiz, config.retain_quiz, config.adjacent_quiz), strict=True)
+               if name}
+    return SweepData((load_texts(config.forget_texts, config.max_forget_texts),
+                      load_texts(config.retain_texts, config.max_retain_texts)),
+                     (load_probes(config.forget_probes), load_probes(config.retain_probes)), quizzes)
+
+
+def measure_limits(config: SweepConfig) -> dict[str, Any]:
+    """The settings besides the sets' contents that change a measurement (part of every point's key)."""
+    return {"max_seq_len": config.max_seq_len, "batch_tokens": config.batch_tokens,
+            "max_forget_texts": config.max_forget_texts, "max_retain_texts": config.max_retain_texts}
+
+
+class Measurer:
+    """Measures conditions on the sweep's fixed text and probe sets (loaded once, or given as ``data``), through the
+    same :func:`~unlearn_core.experiments.results.measure_condition` as ``evaluate``."""
+
+    def __init__(self, lm: LoadedModel, config: SweepConfig, data: SweepData | None = None) -> None:
         self.lm = lm
         self.config = config
-        self.text_sets = (load_texts(config.forget_texts, config.max_forget_texts),
-                          load_texts(config.retain_texts, config.max_retain_texts))
-        self.probe_sets = (load_probes(config.forget_probes), load_probes(config.retain_probes))
-        self.quizzes = {field_name: load_quiz(name) for field_name, name in
-                        zip(Measurement.QUIZZES, (config.forget_quiz, config.retain_quiz, config.adjacent_quiz), strict=True)
-                        if name}
+        self.data = data if data is not None else load_sweep_data(config)
+        self.text_sets, self.probe_sets, self.quizzes = self.data.text_sets, self.data.probe_sets, self.data.quizzes
 
     def measure(self, condition: Condition, progress: StageProgressFn | None = None) -> Measurement:
         options = MeasureOptions(self.config.max_seq_len, self.config.batch_tokens, progress=progress)
@@ -178,6 +205,20 @@ class Measurer:
         quiz = {field_name: scores.probes[q.name].acc_calibrated for field_name, q in self.quizzes.items()}  # type: ignore[union-attr]
         return Measurement(scores.perplexity[forget_texts], scores.perplexity[retain_texts],
                            scores.probes[forget_probes].top1, scores.probes[retain_probes].top1, **quiz)  # type: ignore[union-attr]
+
+
+class LocalRunner:
+    """The default :class:`~unlearn_core.experiments.sweep_store.Runner`: one job after another, in this process."""
+
+    def __init__(self, measurer: Measurer, saes: Sequence[LoadedSae], progress: StageProgressFn | None = None,
+                 status: Callable[[str], None] | None = None) -> None:
+        self.measurer, self.saes, self.progress, self.status = measurer, {s.ref: s for s in saes}, progress, status
+
+    def run(self, jobs: Sequence[Job], done: DoneFn) -> None:
+        for i, (key, spec) in enumerate(jobs):
+            if self.status:
+                self.status(f"{spec.name} ({i + 1}/{len(jobs)})")
+            done(key, asdict(self.measurer.measure(spec.build(self.saes), self.progress)), None)
 
 
 def sweep_points(config: SweepConfig, available_layers: Sequence[int]) -> list[SweepPoint]:
@@ -201,31 +242,50 @@ def run_sweep(
     config: SweepConfig,
     progress: StageProgressFn | None = None,
     status: Callable[[str], None] | None = None,
+    *,
+    data: SweepData | None = None,
+    runner: Runner | None = None,
+    points_dir: str | Path | None = None,
+    on_point: Callable[[PointDone], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every point, then for the best point: a random control (as many random latents per SAE, same
     intervention), plain zero-ablation of its latents, and the study's recipe on its latents.
 
+    ``runner`` measures (default: :class:`LocalRunner`, in this process; ``sweep_ray.RayPool.runner`` fans out).
+    With ``points_dir`` every measurement is stored there the moment it is done and reused by a re-run
+    (:class:`~unlearn_core.experiments.sweep_store.PointStore`); ``on_point`` hears of each new one.
     Returns a JSON-ready dict: ``baseline``, ``points`` (each with its measurement and :func:`headline`),
     ``best`` (index or None), ``pareto`` (indices), ``controls`` and ``settings``.
     """
     started = time.perf_counter()
     points = sweep_points(config, [s.layer for s in saes])
-    measurer = Measurer(lm, config)
-    if status:
-        status("baseline")
-    base = measurer.measure(Condition("baseline"), progress)
+    data = data if data is not None else load_sweep_data(config)
+    runner = runner if runner is not None else LocalRunner(Measurer(lm, config, data), saes, progress, status)
+    keys = SweepKeys(lm, saes, data, measure_limits(config))
+    store = PointStore(points_dir, MEASUREMENT_FIELDS) if points_dir is not None else None
+    measured: dict[str, Measurement] = {}
+    base_key = keys.key(ConditionSpec("baseline"))
+    if store is not None and (stored := store.load(base_key)) is not None:
+        measured[base_key] = Measurement(**stored)
+
+    def heard(event: PointDone) -> None:
+        measured[event.key] = Measurement(**event.measurement)
+        if status and event.key != base_key and base_key in measured:
+            status(f"  {event.name}: {describe_headline(headline(measured[base_key], measured[event.key]))}")
+        if on_point is not None:
+            on_point(event)
+
+    def measure(conditions: Sequence[Condition], what: str) -> list[Measurement]:
+        jobs = [(keys.key(spec), spec) for spec in map(ConditionSpec.of, conditions)]
+        found = measure_jobs(jobs, runner, store, heard, status, what)
+        return [Measurement(**found[key]) for key, _ in jobs]
+
+    chosen = [(p, sel) for p in points if (sel := point_selections(saes, ranked, p))]
+    conds = [Condition(p.label, sel, Intervention.from_spec(p.intervention)) for p, sel in chosen]
+    base, *point_measurements = measure([Condition("baseline"), *conds], "points")
     rows: list[dict[str, Any]] = []
-    for i, point in enumerate(points):
-        if status:
-            status(f"point {i + 1}/{len(points)}: {point.label}")
-        selections = point_selections(saes, ranked, point)
-        if not selections:
-            continue
-        cond = Condition(point.label, selections, Intervention.from_spec(point.intervention))
-        m = measurer.measure(cond, progress)
+    for (point, _), cond, m in zip(chosen, conds, point_measurements, strict=True):
         h = headline(base, m)
-        if status:
-            status(f"  {point.label}: {describe_headline(h)}")
         rows.append({
             **asdict(point),
             "label": point.label,
@@ -240,15 +300,13 @@ def run_sweep(
         point = SweepPoint(rows[best]["n"], rows[best]["intervention"], tuple(rows[best]["layers"]))
         selections = point_selections(saes, ranked, point)
         intervention = Intervention.from_spec(point.intervention)
-        for name, cond in (
-            ("random_control", Condition("random_control", random_selections(selections, config.seed), intervention)),
-            ("zero_ablation", Condition("zero_ablation", selections, Intervention("zero"))),
-            ("study_recipe", Condition("study_recipe", selections, Intervention("replace", hook_site="resid_pre"))),
-        ):
-            if status:
-                status(f"{name} for the best point")
-            m = measurer.measure(cond, progress)
-            controls[name] = {"measurement": asdict(m), **headline(base, m)}
+        control_conds = [Condition("random_control", random_selections(selections, config.seed), intervention),
+                         Condition("zero_ablation", selections, Intervention("zero")),
+                         Condition("study_recipe", selections, Intervention("replace", hook_site="resid_pre"))]
+        if status:
+            status("controls for the best point")
+        for cond, m in zip(control_conds, measure(control_conds, "controls"), strict=True):
+            controls[cond.name] = {"measurement": asdict(m), **headline(base, m)}
     return {
         "baseline": asdict(base),
         "points": rows,

@@ -2,13 +2,17 @@
 
 A cached file is written atomically (:meth:`Dashboards.save`) and checked whole when read; one that cannot be read
 (truncated, corrupt, another format) is deleted and rebuilt, never trusted. A shipped file that cannot be read is an
-error: it is part of the SAE, not a cache.
+error: it is part of the SAE, not a cache. Building a cached file holds an exclusive lock on its own lock file
+(``fcntl.flock``, where the platform has it; see :func:`build_lock`), so two threads or processes asking for the
+same dashboards build them once: the second waits, then reads the first one's file. Temporary files of a write killed over an hour ago
+are removed when the cache folder is first used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,12 @@ from unlearn_core.errors import InputError
 from unlearn_core.explain.dashboard_build import compute_dashboards_from_texts, default_dashboard_texts
 from unlearn_core.explain.dashboards import DASHBOARD_FILE, Dashboards, LatentDashboard
 from unlearn_core.models.loading import LoadedModel, cache_dir
+from unlearn_core.models.offline import remove_stale_temp_files
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks; concurrent builders may both build (each write is atomic)
+    fcntl = None  # type: ignore[assignment]
 
 
 def _cache_key(loaded: Any, texts: Sequence[str], max_tokens: int, corpus: str | None) -> str:
@@ -61,10 +71,34 @@ def dashboards_for(
         texts, corpus = default_dashboard_texts()
     cached = cached_dashboard_path(loaded, texts, corpus, max_tokens)
     board = load_cached(cached)
-    if board is None:
-        board = compute_dashboards_from_texts(lm, loaded, texts, corpus or "user texts", max_tokens, progress)
-        board.save(cached)
+    if board is not None:
+        return board
+    with build_lock(cached):
+        board = load_cached(cached)  # built by another thread or process while this one waited
+        if board is None:
+            board = compute_dashboards_from_texts(lm, loaded, texts, corpus or "user texts", max_tokens, progress)
+            board.save(cached)
     return board
+
+
+@contextlib.contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (blocking) on ``<folder>.locks/<file name>.lock`` while ``path`` is built.
+
+    Lock files live in a sibling folder, so the cache folder holds only cache files; they are kept (removing a
+    lock file while another process waits on it would let a third one lock a new file and build at the same time).
+    """
+    if fcntl is None:
+        yield
+        return
+    locks = path.parent.with_name(path.parent.name + ".locks")
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / (path.name + ".lock"), "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def find_dashboards(loaded: Any, max_tokens: int = 40_000) -> Dashboards | None:
@@ -79,6 +113,7 @@ def find_dashboards(loaded: Any, max_tokens: int = 40_000) -> Dashboards | None:
 def load_cached(path: Path) -> Dashboards | None:
     """The cached dashboards at ``path``; None when there are none, or when the file cannot be read (then it is
     deleted, so the caller rebuilds it)."""
+    remove_stale_temp_files(path.parent, (".*.tmp",))
     if not path.exists():
         return None
     try:

@@ -180,15 +180,21 @@ def validate_device(device: str) -> str:
     return device
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, preset: ModelPreset) -> torch.dtype:
-    """Turn a dtype name (``float32``, ``bfloat16``, ``float16``) into a torch dtype; None = the preset's default."""
+def resolve_dtype(dtype: str | torch.dtype | None, preset: ModelPreset, device: str | None = None) -> torch.dtype:
+    """Turn a dtype name (``float32``, ``bfloat16``, ``float16``, ``auto``) into a torch dtype; None = the preset's
+    default. ``auto`` is bfloat16 where ``device`` (default: :func:`default_device`) has native bf16 matrix units,
+    else float32 (:func:`unlearn_core.models.precision.auto_dtype`)."""
     from sae_lens.util import str_to_dtype
+
+    from unlearn_core.models.precision import AUTO_DTYPE, auto_dtype
 
     if isinstance(dtype, torch.dtype):
         return dtype
     name = dtype or preset.default_dtype
+    if name == AUTO_DTYPE:
+        name = auto_dtype(device or default_device())
     if name not in SUPPORTED_DTYPES:
-        raise ModelUnavailableError(f"unsupported dtype {name!r}; choose one of {list(SUPPORTED_DTYPES)}")
+        raise ModelUnavailableError(f"unsupported dtype {name!r}; choose one of {[*SUPPORTED_DTYPES, AUTO_DTYPE]}")
     return str_to_dtype(name)
 
 
@@ -217,7 +223,7 @@ def load_model(
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     device = validate_device(device or default_device())
-    torch_dtype = resolve_dtype(dtype, preset)
+    torch_dtype = resolve_dtype(dtype, preset, device)
     patched = speed_patches_enabled(speed_patches)
     try:
         if preset.loader == "gguf-offline":

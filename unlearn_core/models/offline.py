@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,44 @@ _STALE_FILES = ("tokenizer.pkl", "tokenizer.pkl.versions")
 _CONVERSION_LOCK = threading.Lock()
 """One conversion and cache write at a time per process (two app sessions asking for different dtypes on a fresh
 cache would otherwise convert into the same folders at once)."""
+
+
+STALE_TEMP_AGE = 3600.0
+"""Seconds after which a temporary file or folder of an interrupted write counts as orphaned."""
+_SWEPT: set[tuple[Path, tuple[str, ...]]] = set()
+_SWEPT_LOCK = threading.Lock()
+
+
+def remove_stale_temp_files(folder: Path, patterns: Sequence[str], max_age: float = STALE_TEMP_AGE) -> list[Path]:
+    """Delete what a killed conversion or cache write left in ``folder``: entries matching the glob ``patterns``
+    last modified more than ``max_age`` seconds ago (a write in progress is younger). Done once per folder and
+    patterns per process; never raises (a cache that cannot be cleaned still works). Returns what was removed."""
+    key = (Path(folder), tuple(patterns))
+    with _SWEPT_LOCK:
+        if key in _SWEPT:
+            return []
+        _SWEPT.add(key)
+    removed: list[Path] = []
+    cutoff = time.time() - max_age
+    for pattern in patterns:
+        try:
+            candidates = list(Path(folder).glob(pattern))
+        except OSError:
+            continue
+        for path in candidates:
+            try:
+                if path.lstat().st_mtime > cutoff:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except OSError as exc:
+                log.debug("could not remove the stale temporary %s: %s", path, exc)
+                continue
+            log.info("removed the stale temporary %s", path)
+            removed.append(path)
+    return removed
 
 
 def checkpoint_is_complete(folder: Path) -> bool:
@@ -66,8 +106,9 @@ def convert_checkpoint(
     also the converted HF model when this call just made it (None when cached).
 
     The conversion takes about a minute on 2 CPU cores and writes to a temporary folder next to ``target`` that is
-    renamed into place.
+    renamed into place. Temporary folders of conversions killed over an hour ago are removed first.
     """
+    remove_stale_temp_files(target.parent, (".convert-*",))
     if not force and checkpoint_is_complete(target):
         return target, None
     if target.exists():
@@ -190,6 +231,7 @@ def load_offline(
     slow path); without, the model always takes the reference path, :func:`wrap_offline_checkpoint`.
     """
     with _CONVERSION_LOCK:
+        remove_stale_temp_files(tl_cache.parent, (f".{tl_cache.name}-*",))  # from save_transformer_lens_cache
         path, converted = convert_checkpoint(checkpoint, progress, speed_patches)
         say(progress, "Loading Gemma 3 270M from the local cache")
         try:

@@ -3,6 +3,11 @@
 A reference is either ``"<release>/<sae_id>"`` (a sae_lens pretrained release, e.g.
 ``gemma-scope-2-270m-pt-res/layer_12_width_16k_l0_medium``) or a path to a local sae_lens directory
 (``cfg.json`` + ``sae_weights.safetensors``, as written by ``SAE.save_model``).
+
+SAEs whose ``normalize_activations`` keeps per-call state on the SAE object (``layer_norm``, ``constant_norm_rescale``:
+``encode`` stores the input's scale for the next ``decode``) are refused: one loaded SAE is shared by every caller,
+and encodes outside the model's lock (statistics, dashboards, Explore) could overwrite another caller's state between
+its encode and decode.
 """
 
 from __future__ import annotations
@@ -134,6 +139,11 @@ def _pretrained_directory() -> dict[str, Any]:
     return get_pretrained_saes_directory()
 
 
+def release_lookup(release: str) -> Any | None:
+    """sae_lens' directory entry of a pretrained release (repo id, SAE folders, Neuronpedia ids), or None."""
+    return _pretrained_directory().get(release)
+
+
 def release_neuronpedia_id(release: str, sae_id: str) -> str | None:
     """Neuronpedia id for a released SAE, from sae_lens' directory (no download)."""
     lookup = _pretrained_directory().get(release)
@@ -142,8 +152,18 @@ def release_neuronpedia_id(release: str, sae_id: str) -> str | None:
     return (lookup.neuronpedia_id or {}).get(sae_id)
 
 
-def load_sae(ref: str, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedSae:
-    """Load an SAE by reference; errors come back as :class:`ModelUnavailableError` with a clear message."""
+STATEFUL_NORMALIZATIONS = ("layer_norm", "constant_norm_rescale")
+"""sae_lens ``normalize_activations`` settings whose ``encode`` leaves state on the SAE for ``decode``."""
+
+
+def load_sae(
+    ref: str, device: str = "cpu", dtype: str | torch.dtype = "float32", allow_stateful: bool = False
+) -> LoadedSae:
+    """Load an SAE by reference; errors come back as :class:`ModelUnavailableError` with a clear message.
+
+    SAEs that keep per-call normalisation state (:data:`STATEFUL_NORMALIZATIONS`) are refused unless
+    ``allow_stateful``, which only a caller that never shares the SAE between threads may pass.
+    """
     from sae_lens import SAE
     from sae_lens.util import dtype_to_str
 
@@ -172,6 +192,13 @@ def load_sae(ref: str, device: str = "cpu", dtype: str | torch.dtype = "float32"
         except Exception as exc:
             raise ModelUnavailableError(describe_hub_error(f"SAE {ref}", exc)) from exc
     sae.eval()
+    norm = sae.cfg.normalize_activations
+    if norm in STATEFUL_NORMALIZATIONS and not allow_stateful:
+        raise ModelUnavailableError(
+            f"SAE {ref} uses normalize_activations={norm!r}, which keeps per-call state on the SAE object "
+            "(encode stores the input's scale for decode), so callers sharing it could mix each other's activations; "
+            "such SAEs are not supported here"
+        )
     hook_name = sae.cfg.metadata.hook_name
     if not hook_name:
         raise ModelUnavailableError(f"SAE {ref!r} does not say which hook it was trained on (metadata.hook_name)")

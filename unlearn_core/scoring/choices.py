@@ -22,7 +22,7 @@ from unlearn_core.ablation.interventions import Hook
 from unlearn_core.data.quizzes import Quiz, QuizItem
 from unlearn_core.errors import InputError
 from unlearn_core.models.loading import LoadedModel
-from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, ProgressCallback, score_tokens
+from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, ProgressCallback, StopCheck, score_tokens
 
 QUIZ_TEMPLATE = "Question: {question}\nAnswer:"
 NEUTRAL_PROMPT = "Answer:"
@@ -61,6 +61,7 @@ def choice_loglikelihoods(
     progress: ProgressCallback | None = None,
     template: str = QUIZ_TEMPLATE,
     neutral_prompt: str = NEUTRAL_PROMPT,
+    should_stop: StopCheck | None = None,
 ) -> ChoiceLogLikelihoods:
     """For every item and choice, the summed log-likelihood of the choice's continuation after the question's prompt
     and after ``neutral_prompt``, in one batched pass (identical sequences are scored once)."""
@@ -95,7 +96,7 @@ def choice_loglikelihoods(
                 )
             row.append((add(prompt_ids, cont_ids), add(neutral_ids, cont_ids), len(cont_ids)))
         plan.append(row)
-    scores = score_tokens(lm, sequences, hooks, batch_tokens, progress)
+    scores = score_tokens(lm, sequences, hooks, batch_tokens, progress, should_stop)
 
     def summed(seq: int, n_cont: int) -> float:
         return float(scores[seq].logprobs[-n_cont:].double().sum())
@@ -112,9 +113,12 @@ def choice_scores(
     progress: ProgressCallback | None = None,
     template: str = QUIZ_TEMPLATE,
     neutral_prompt: str = NEUTRAL_PROMPT,
+    should_stop: StopCheck | None = None,
 ) -> ChoiceResult:
-    """``acc``, ``acc_norm`` and ``acc_calibrated`` of a quiz under ``hooks`` (see the module docstring)."""
-    lls = choice_loglikelihoods(lm, quiz, hooks, max_seq_len, batch_tokens, progress, template, neutral_prompt)
+    """``acc``, ``acc_norm`` and ``acc_calibrated`` of a quiz under ``hooks`` (see the module docstring); a
+    ``should_stop`` that says so ends it between batches (:class:`~unlearn_core.errors.Stopped`)."""
+    lls = choice_loglikelihoods(lm, quiz, hooks, max_seq_len, batch_tokens, progress, template, neutral_prompt,
+                                should_stop)
     return accuracies(quiz, lls)
 
 

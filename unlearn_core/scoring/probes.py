@@ -9,7 +9,7 @@ from unlearn_core.ablation.interventions import Hook
 from unlearn_core.data.probes import ProbeSet, answer_continuation
 from unlearn_core.errors import InputError
 from unlearn_core.models.loading import LoadedModel
-from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, ProgressCallback, score_tokens
+from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, ProgressCallback, StopCheck, score_tokens
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ def probe_scores(
     max_seq_len: int = 256,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
 ) -> ProbeResult:
     """Score every probe's answers as continuations of its prompt, in one batched pass."""
     limit = min(max_seq_len, lm.n_ctx)
@@ -47,7 +48,7 @@ def probe_scores(
             owners.append((p_index, len(answer_ids)))
     if not sequences:
         raise InputError(f"probe set {probe_set.name} has no scorable answers")
-    scores = score_tokens(lm, sequences, hooks, batch_tokens, progress)
+    scores = score_tokens(lm, sequences, hooks, batch_tokens, progress, should_stop)
     best_logprob = [float("-inf")] * len(probe_set.probes)
     hit = [False] * len(probe_set.probes)
     for (p_index, n_answer), sc in zip(owners, scores, strict=False):

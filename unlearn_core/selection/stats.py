@@ -8,9 +8,11 @@ Results are cached on disk, keyed by everything that determines them (model, SAE
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 
 from unlearn_core.errors import InputError
 from unlearn_core.models.loading import LoadedModel, cache_dir
+from unlearn_core.models.offline import remove_stale_temp_files
 from unlearn_core.saes.loading import LoadedSae
 from unlearn_core.scoring.activations import iter_activations
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, ProgressCallback
@@ -134,6 +137,49 @@ def compute_latent_stats(
     }
 
 
+def shard_sequences(sequences: Sequence[Sequence[int]], n_shards: int) -> list[list[Sequence[int]]]:
+    """The sequences cut into at most ``n_shards`` contiguous, non-empty runs of about equal token counts, in order
+    (their concatenation is ``sequences``), for computing statistics in parts (:func:`combine_latent_stats`)."""
+    if n_shards < 1:
+        raise InputError("the number of shards must be at least 1")
+    n_shards = min(n_shards, len(sequences))
+    if not sequences:
+        return []
+    scaled = [0]  # token count before each sequence, times n_shards (exact integer comparisons)
+    for seq in sequences:
+        scaled.append(scaled[-1] + len(seq) * n_shards)
+    total = scaled[-1] // n_shards
+    starts = [0]
+    for k in range(1, n_shards):
+        cut = bisect.bisect_left(scaled, k * total)  # the first sequence starting at or after k/n of the tokens
+        starts.append(min(max(cut, starts[-1] + 1), len(sequences) - (n_shards - k)))
+    starts.append(len(sequences))
+    return [list(sequences[a:b]) for a, b in zip(starts, starts[1:], strict=False)]
+
+
+def combine_latent_stats(parts: Sequence[dict[str, LatentStats]]) -> dict[str, LatentStats]:
+    """The statistics of the concatenated corpus, from those of its shards: counts, token and text totals add up
+    (exactly), activation sums add up in float64, maxima take the maximum."""
+    if not parts:
+        raise InputError("no statistics to combine")
+    out: dict[str, LatentStats] = {}
+    for ref, first in parts[0].items():
+        shards = [p[ref] for p in parts]
+        if len({s.fire_count.numel() for s in shards}) != 1:
+            raise InputError(f"statistics of SAE {ref} have different widths in different shards")
+        out[ref] = LatentStats(
+            sae_ref=first.sae_ref,
+            hook_name=first.hook_name,
+            n_tokens=sum(s.n_tokens for s in shards),
+            n_texts=sum(s.n_texts for s in shards),
+            fire_count=torch.stack([s.fire_count.long() for s in shards]).sum(dim=0),
+            act_sum=torch.stack([s.act_sum.double() for s in shards]).sum(dim=0),
+            act_max=torch.stack([s.act_max for s in shards]).amax(dim=0),
+            text_count=torch.stack([s.text_count.long() for s in shards]).sum(dim=0),
+        )
+    return out
+
+
 def stats_cache_key(lm: LoadedModel, sae: LoadedSae, sequences: Sequence[Sequence[int]]) -> str:
     """A digest of everything the statistics depend on: model, SAE weights, and the exact token ids."""
     h = hashlib.sha256()
@@ -165,9 +211,11 @@ def cached_latent_stats(
 ) -> dict[str, LatentStats]:
     """:func:`compute_latent_stats`, reading and writing an on-disk cache (one file per SAE and corpus).
 
-    Only the SAEs missing from the cache are computed, all in one forward pass.
+    Only the SAEs missing from the cache are computed, all in one forward pass. Cache files are validated when
+    read (a damaged one is deleted and recomputed) and written atomically under a unique temporary name.
     """
     directory = directory or stats_cache_dir()
+    remove_stale_temp_files(directory, (".*.tmp",))  # left by a write killed over an hour ago
     keys = {s.ref: stats_cache_key(lm, s, sequences) for s in saes}
     found: dict[str, LatentStats] = {}
     for s in saes:
@@ -186,37 +234,51 @@ def cached_latent_stats(
     return {s.ref: found[s.ref] for s in saes}
 
 
+_CACHE_DTYPES = {"fire_count": torch.long, "act_sum": torch.float64, "act_max": torch.float32, "text_count": torch.long}
+"""The tensors of a stats file and their dtypes; each is one value per latent."""
+
+
 def _read_cache(path: Path, sae: LoadedSae) -> LatentStats | None:
+    """The statistics in a cache file, or None when there is none. The file is loaded with ``weights_only=True``
+    (plain tensors and numbers, never arbitrary pickled objects) and checked against the SAE: exactly the expected
+    keys, one value per latent, the expected dtypes. A file that fails any check is deleted (and so recomputed)."""
     if not path.is_file():
         return None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-        stats = LatentStats(
-            sae_ref=sae.ref,
-            hook_name=sae.hook_name,
-            n_tokens=int(data["n_tokens"]),
-            n_texts=int(data["n_texts"]),
-            fire_count=data["fire_count"],
-            act_sum=data["act_sum"],
-            act_max=data["act_max"],
-            text_count=data["text_count"],
-        )
-    except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+        stats = _checked_stats(data, sae)
+    except Exception:  # noqa: BLE001 - whatever torch.load raised for a damaged or hostile file: recompute
+        stats = None
+    if stats is None:
+        path.unlink(missing_ok=True)
+    return stats
+
+
+def _checked_stats(data: object, sae: LoadedSae) -> LatentStats | None:
+    if not isinstance(data, dict) or set(data) != {"n_tokens", "n_texts", *_CACHE_DTYPES}:
         return None
-    return stats if stats.fire_count.numel() == sae.width else None
+    counts = [data["n_tokens"], data["n_texts"]]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        return None
+    for name, dtype in _CACHE_DTYPES.items():
+        tensor = data[name]
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype != dtype or tuple(tensor.shape) != (sae.width,):
+            return None
+    return LatentStats(sae_ref=sae.ref, hook_name=sae.hook_name, n_tokens=counts[0], n_texts=counts[1],
+                       **{name: data[name] for name in _CACHE_DTYPES})
 
 
 def _write_cache(path: Path, stats: LatentStats) -> None:
+    """Write atomically: a temporary file with a unique name in the same folder, then one ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         torch.save({"n_tokens": stats.n_tokens, "n_texts": stats.n_texts, **stats.tensors()}, tmp)
         os.replace(tmp, path)
     except OSError:
         pass  # a cache we cannot write only costs a recomputation next time
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 __all__ = [
@@ -224,7 +286,9 @@ __all__ = [
     "DEFAULT_STATS_TOKENS",
     "LatentStats",
     "cached_latent_stats",
+    "combine_latent_stats",
     "compute_latent_stats",
+    "shard_sequences",
     "stats_cache_key",
     "stats_sequences",
 ]

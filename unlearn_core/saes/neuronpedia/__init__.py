@@ -17,17 +17,26 @@ one string, ``"<modelId>/<source>"`` (e.g. ``"gemma-3-270m/12-gemmascope-2-res-1
   ``Retry-After`` of up to 8 s); when nothing is listening the retries wait a flat ``backoff``, so a down server
   costs little. Other 4xx answers are not retried. What finally went wrong is returned as
   :attr:`Explanation.error`, a short human reason. Only bad arguments raise (:class:`~unlearn_core.errors.InputError`).
+* A site that rate-limits (429), keeps failing (5xx) or cannot be reached is not asked again for a while: a
+  process-wide circuit breaker per base URL (:mod:`.breaker`) makes every client's look-ups fail fast with
+  "Neuronpedia rate-limited/unavailable ...; retrying after N s" until ``Retry-After`` (at most 60 s, default
+  30 s) has passed; the site's next real answer closes it (:func:`reset_breakers` closes all at once). An answer
+  whose ``Retry-After`` is longer than :data:`MAX_WAIT` is not retried by urllib3 either.
+* Answers larger than ``max_response_bytes`` (4 MiB) are refused ("response too large"), read as a stream.
 * Caching: successful answers (including "this latent has no explanation") are kept in memory and in one JSON
-  file per Neuronpedia id under ``cache_dir()/neuronpedia``, written atomically; failures are never cached, so
-  a later call tries again. A corrupt cache file is ignored.
-* :meth:`NeuronpediaClient.explanations` fetches many latents on a thread pool. Once one of them finds the
-  server unreachable or timing out, the fetches not yet started report the same reason at once.
+  file per site and Neuronpedia id under ``cache_dir()/neuronpedia``, written atomically; failures are never
+  cached, so a later call tries again. A corrupt cache file is ignored.
+* :meth:`NeuronpediaClient.explanations` fetches many latents on a thread pool, within an overall deadline
+  (``batch_deadline``, 20 s; the rest are "unavailable (deadline ...)"). Once one of them finds the server
+  unreachable or timing out, the fetches not yet started report the same reason at once.
 
 Modules: :mod:`.explanation` (the answer type, ids, parsing), :mod:`.transport` (session, retries, key
-protection), :mod:`.cache` (memory and disk), :mod:`.client` (the client).
+protection, size cap), :mod:`.breaker` (the per-site circuit breaker), :mod:`.cache` (memory and disk),
+:mod:`.client` (the client).
 """
 
-from unlearn_core.saes.neuronpedia.client import NeuronpediaClient, ProgressFn
+from unlearn_core.saes.neuronpedia.breaker import DEFAULT_COOLDOWN, MAX_COOLDOWN, reset_breakers
+from unlearn_core.saes.neuronpedia.client import BATCH_DEADLINE, NeuronpediaClient, ProgressFn
 from unlearn_core.saes.neuronpedia.explanation import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -36,16 +45,21 @@ from unlearn_core.saes.neuronpedia.explanation import (
     api_key_from,
     neuronpedia_page_url,
 )
-from unlearn_core.saes.neuronpedia.transport import MAX_WAIT
+from unlearn_core.saes.neuronpedia.transport import MAX_RESPONSE_BYTES, MAX_WAIT
 
 __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
+    "BATCH_DEADLINE",
     "DEFAULT_BASE_URL",
+    "DEFAULT_COOLDOWN",
+    "MAX_COOLDOWN",
+    "MAX_RESPONSE_BYTES",
     "MAX_WAIT",
     "Explanation",
     "NeuronpediaClient",
     "ProgressFn",
     "api_key_from",
     "neuronpedia_page_url",
+    "reset_breakers",
 ]

@@ -1,8 +1,10 @@
-"""The Neuronpedia client's cache: answers in memory, and one JSON file per Neuronpedia id on disk.
+"""The Neuronpedia client's cache: answers in memory, and one JSON file per site and Neuronpedia id on disk.
 
-Only successful answers are kept (including "this latent has no explanation"). Files are written atomically
+Only successful answers are kept (including "this latent has no explanation"). Files are named after the site
+(the client's base URL) as well as the id, so two sites never share answers. They are written atomically
 (a temporary file in the same folder, then a rename) and merged with whatever another process wrote meanwhile;
-a corrupt file, or a corrupt entry in one, is ignored and rewritten on the next success.
+a corrupt file, or a corrupt entry in one, is ignored and rewritten on the next success. Temporary files of a
+write killed over an hour ago are removed when the cache is opened.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from unlearn_core.files import write_json_atomic
+from unlearn_core.models.offline import remove_stale_temp_files
 from unlearn_core.saes.neuronpedia.explanation import Parsed, number
 
 log = logging.getLogger("unlearn_core.saes.neuronpedia")
@@ -26,19 +30,22 @@ Entry = dict[str, Any]
 
 
 class ExplanationCache:
-    """Thread-safe cache of parsed answers, keyed by Neuronpedia id and latent index."""
+    """Thread-safe cache of one site's parsed answers, keyed by Neuronpedia id and latent index."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, site: str) -> None:
         self.folder = Path(folder)
+        self.site = site.rstrip("/")
         self._lock = threading.RLock()
         self._memory: dict[str, dict[int, Entry]] = {}
+        remove_stale_temp_files(self.folder, (".*.tmp",))
 
     def path(self, neuronpedia_id: str) -> Path:
-        """The file of one id: a readable, file-system-safe name plus a hash of the exact id."""
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", neuronpedia_id.replace("/", "__"))
-        # the hash keeps ids apart that the substitution would merge (e.g. "a_/b" and "a/_b")
-        digest = hashlib.sha256(neuronpedia_id.encode("utf-8")).hexdigest()[:10]
-        return self.folder / f"{safe}-{digest}.json"
+        """The file of one id: readable, file-system-safe names of the site and the id, plus a hash of both."""
+        host = _safe(urlsplit(self.site).netloc or self.site)
+        safe = _safe(neuronpedia_id.replace("/", "__"))
+        # the hash keeps sites and ids apart that the substitution would merge (e.g. "a_/b" and "a/_b")
+        digest = hashlib.sha256(f"{self.site}\n{neuronpedia_id}".encode()).hexdigest()[:10]
+        return self.folder / f"{host}__{safe}-{digest}.json"
 
     def get(self, neuronpedia_id: str, index: int) -> Parsed | None:
         """The cached ``(description, frac_nonzero, max_activation)``, or None if this latent is not cached."""
@@ -97,6 +104,10 @@ class ExplanationCache:
             if entry is not None and isinstance(key, str) and key.isdigit():
                 entries[int(key)] = entry
         return entries
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
 def _valid_entry(value: object) -> Entry | None:

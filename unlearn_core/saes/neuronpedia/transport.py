@@ -5,13 +5,17 @@
   answer is returned rather than raised (``raise_on_status=False``). :class:`_Backoff` keeps this client's wait
   schedule: ``backoff * 2**n`` from the first retry, a flat ``backoff`` when nothing is listening (a refused
   connection or an unknown host, where growing waits would not help), and ``Retry-After`` in whole or decimal
-  seconds or as an HTTP date. Every wait is capped at :data:`MAX_WAIT`, so a server cannot stall a page.
+  seconds or as an HTTP date. Every wait is capped at :data:`MAX_WAIT`, so a server cannot stall a page; an answer
+  whose ``Retry-After`` asks for longer is not retried at all (the site's circuit breaker, :mod:`.breaker`, then
+  waits that long instead, without holding a request).
+* Bodies are streamed and refused beyond a size cap (the declared ``Content-Length`` or the bytes read).
 * The API key goes only to the configured origin (:class:`KeyedSession`): it is set on each request whose URL is
   that origin, and removed from (or restored on) each redirect hop, so a redirect to another host never sees it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import socket
@@ -23,10 +27,11 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import InvalidHeader, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import InvalidHeader, MaxRetryError, NewConnectionError, ReadTimeoutError, ResponseError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util import Retry
 
+from unlearn_core.saes.neuronpedia.breaker import retry_after_seconds
 from unlearn_core.saes.neuronpedia.explanation import API_KEY_ENV, Parsed, parse_feature
 
 log = logging.getLogger("unlearn_core.saes.neuronpedia")
@@ -37,6 +42,9 @@ MAX_WAIT = 8.0
 MAX_REDIRECTS = 3
 API_KEY_HEADER = "x-api-key"
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+MAX_RESPONSE_BYTES = 4 * 2**20
+"""Largest answer body read (4 MiB): a feature answer with its activation examples is a few hundred KB."""
+_READ_CHUNK = 64 * 1024
 
 
 class _Backoff(Retry):
@@ -64,6 +72,16 @@ class _Backoff(Retry):
             except InvalidHeader:
                 return None
         return min(max(seconds, 0.0), MAX_WAIT) if math.isfinite(seconds) else None
+
+    def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
+                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> Retry:
+        """urllib3's bookkeeping, except that an answer asking to wait longer than :data:`MAX_WAIT` ends the
+        retries at once (urllib3 then returns that answer, as ``raise_on_status=False`` asks)."""
+        if response is not None:
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            if wait is not None and wait > MAX_WAIT:
+                raise MaxRetryError(_pool, url or "", ResponseError(f"Retry-After {wait:g} s is longer than {MAX_WAIT:g} s"))
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
     def sleep_for_retry(self, response: Any) -> bool:
         retry_after = self.get_retry_after(response)
@@ -127,13 +145,19 @@ class Outcome:
     parsed: Parsed = (None, None, None)
     error: str | None = None
     network: bool = False  # unreachable or timed out: the rest of a batch would fare no better
+    status: int | None = None  # the final HTTP status; None when no answer came
+    retry_after: float | None = None  # the final answer's Retry-After, in seconds
 
 
-def get_feature(session: requests.Session, url: str, timeout: float) -> Outcome:
-    """GET one feature answer (urllib3 retries inside) and classify it; never raises for HTTP or network trouble."""
+def get_feature(
+    session: requests.Session, url: str, timeout: float, max_bytes: int = MAX_RESPONSE_BYTES
+) -> Outcome:
+    """GET one feature answer (urllib3 retries inside) and classify it; never raises for HTTP or network trouble.
+
+    A body larger than ``max_bytes`` is refused without reading it all."""
     started = time.monotonic()
     try:
-        response = session.get(url, headers={"Accept": "application/json"}, timeout=timeout)
+        response = session.get(url, headers={"Accept": "application/json"}, timeout=timeout, stream=True)
     except requests.exceptions.RequestException as exc:
         return _failure(exc, timeout)
     except ValueError:  # e.g. a malformed redirect Location header
@@ -142,21 +166,43 @@ def get_feature(session: requests.Session, url: str, timeout: float) -> Outcome:
         status = response.status_code
         log.debug("GET %s -> HTTP %d (%.2f s)", url, status, time.monotonic() - started)
         if status == 200:
-            try:
-                return Outcome(parsed=parse_feature(response.json()))
-            except ValueError:
-                return Outcome(error="malformed response")
+            return _read_feature(response, timeout, max_bytes)
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
     if status == 429:
-        return Outcome(error="rate limited (HTTP 429)")
+        return Outcome(error="rate limited (HTTP 429)", status=status, retry_after=retry_after)
     if status >= 500:
-        return Outcome(error=f"server error (HTTP {status})")
+        return Outcome(error=f"server error (HTTP {status})", status=status, retry_after=retry_after)
     if status == 404:
-        return Outcome(error="not found (HTTP 404)")
+        return Outcome(error="not found (HTTP 404)", status=status)
     if status in (401, 403):
-        return Outcome(error=f"access denied (HTTP {status}); check {API_KEY_ENV}")
+        return Outcome(error=f"access denied (HTTP {status}); check {API_KEY_ENV}", status=status)
     if 400 <= status < 500:
-        return Outcome(error=f"request rejected (HTTP {status})")
-    return Outcome(error=f"unexpected answer (HTTP {status})")
+        return Outcome(error=f"request rejected (HTTP {status})", status=status)
+    return Outcome(error=f"unexpected answer (HTTP {status})", status=status)
+
+
+def _read_feature(response: requests.Response, timeout: float, max_bytes: int) -> Outcome:
+    """Read and parse a 200 answer's body, at most ``max_bytes`` of it."""
+    too_large = Outcome(error=f"response too large (over {max_bytes:,} bytes)", status=200)
+    try:
+        declared = int(response.headers.get("Content-Length", "0") or 0)
+    except ValueError:
+        declared = 0
+    if declared > max_bytes:
+        return too_large
+    body = bytearray()
+    try:
+        for chunk in response.iter_content(_READ_CHUNK):
+            body += chunk
+            if len(body) > max_bytes:
+                return too_large
+    except requests.exceptions.RequestException as exc:
+        return _failure(exc, timeout)
+    try:
+        return Outcome(parsed=parse_feature(json.loads(bytes(body))), status=200)
+    except ValueError:  # bad JSON, bad UTF-8 or the wrong shape
+        return Outcome(error="malformed response", status=200)
+
 
 
 def _failure(exc: requests.exceptions.RequestException, timeout: float) -> Outcome:
