@@ -1,9 +1,13 @@
-"""Edits of the session's forget set that several pages share (ticking latents in Explore, bulk add, remove)."""
+"""Edits of the session's forget set that several pages share (ticking latents in Explore, bulk add, remove), and
+the file name Save as writes to."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
+from unlearn_core.errors import InputError
 from unlearn_core.forget_set import add_latents, check_model_matches, remove_latents
 from unlearn_core.models.presets import SaeFamily
 
@@ -33,3 +37,28 @@ def apply_ticks(family: SaeFamily, layer: int, model_id: str, add: Iterable[int]
     if added or removed:
         state.bump_version()
     return added, removed
+
+
+MAX_FILE_NAME_BYTES = 200
+
+
+def save_as_target(directory: Path, name: str) -> Path:
+    """The file in ``directory`` that Save as writes for a typed ``name`` (``.json`` added unless given).
+
+    A name is one file name, never a path: :class:`InputError` with a clear message for an empty name, control
+    characters (NUL included), ``/`` or ``\\``, a leading ``.`` (hidden files, ``.`` and ``..``) or one too long for
+    the file system.
+    """
+    name = name.strip()
+    if not name:
+        raise InputError("give a file name")
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise InputError("a file name cannot contain control characters (such as NUL or a line break)")
+    if "/" in name or "\\" in name:
+        raise InputError(f"a file name cannot contain / or \\: lists are saved in {directory}, under a plain name")
+    if name.startswith("."):
+        raise InputError("a file name cannot start with '.' (that makes a hidden file, or names a folder)")
+    file_name = name if name.lower().endswith(".json") else f"{name}.json"
+    if len(file_name.encode("utf-8")) > MAX_FILE_NAME_BYTES:
+        raise InputError(f"that file name is too long (at most {MAX_FILE_NAME_BYTES} bytes)")
+    return directory / file_name

@@ -3,10 +3,18 @@
 ``st.cache_resource`` returns one *slot* per key; the slow load happens outside the cached function (under the
 slot's lock), so it can report progress on the page that triggered it, and a failure is not cached: the next run
 tries again. Everything in here is read-only once loaded; interventions are scoped per call by ``unlearn_core``.
+
+The app is shared (one process serves every visitor, e.g. through a public tunnel), and a loaded SAE stays in memory
+for the life of the process, so :func:`get_sae` loads only what :func:`unlearn_core.saes.allow.check_sae_allowed`
+allows for the sidebar's preset: its SAE families and the folders shipped in ``saes/`` (plus any the operator lists
+in ``$UNLEARN_EXTRA_SAES``). Every page loads SAEs through it, so an imported list cannot make the server download or
+hold anything else. Slots of local SAEs and of dashboards are keyed by the weights too, so retrained weights under
+the same reference never meet the old ones' dashboards.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -19,11 +27,15 @@ import streamlit as st
 from unlearn_core.explain.dashboard_cache import find_dashboards
 from unlearn_core.explain.dashboards import Dashboards
 from unlearn_core.models.loading import LoadedModel, load_model
-from unlearn_core.saes.loading import LoadedSae, load_sae
+from unlearn_core.models.presets import ModelPreset
+from unlearn_core.saes.allow import check_sae_allowed
+from unlearn_core.saes.loading import LoadedSae, load_sae, resolve_local_path
 from unlearn_core.saes.neuronpedia import NeuronpediaClient, api_key_from
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+EXTRA_SAES_ENV = "UNLEARN_EXTRA_SAES"
+"""Comma-separated SAE references the operator also allows (the server's environment; visitors cannot set it)."""
 
 
 @dataclass
@@ -48,12 +60,12 @@ def _model_slot(preset: str, device: str, dtype: str) -> Slot[LoadedModel]:
 
 
 @st.cache_resource(show_spinner=False)
-def _sae_slot(ref: str, device: str, dtype: str) -> Slot[LoadedSae]:
+def _sae_slot(ref: str, device: str, dtype: str, files: str) -> Slot[LoadedSae]:
     return Slot()
 
 
 @st.cache_resource(show_spinner=False)
-def _dashboard_slot(ref: str) -> Slot[Any]:
+def _dashboard_slot(ref: str, weights: str) -> Slot[Any]:
     return Slot()
 
 
@@ -66,13 +78,50 @@ def get_model(preset: str, device: str, dtype: str, progress: Callable[[str], No
     return _model_slot(preset, device, dtype).get(lambda: load_model(preset, device=device, dtype=dtype, progress=progress))
 
 
-def get_sae(ref: str, device: str, dtype: str) -> LoadedSae:
-    return _sae_slot(ref, device, dtype).get(lambda: load_sae(ref, device=device, dtype=dtype))
+def extra_allowed_saes() -> tuple[str, ...]:
+    """The operator's :data:`EXTRA_SAES_ENV` references."""
+    return tuple(r.strip() for r in os.environ.get(EXTRA_SAES_ENV, "").split(",") if r.strip())
+
+
+def get_sae(ref: str, device: str, dtype: str, *, preset: ModelPreset) -> LoadedSae:
+    """The shared SAE ``ref``, loaded on first use, if the app may load it for ``preset`` (else
+    :class:`~unlearn_core.errors.InputError`, before anything is downloaded or loaded)."""
+    check_sae_allowed(ref, preset, extra_allowed_saes())
+    return _sae_slot(ref, device, dtype, _local_files_stamp(ref)).get(lambda: load_sae(ref, device=device, dtype=dtype))
+
+
+def _local_files_stamp(ref: str) -> str:
+    """For a local SAE folder, the names, sizes and modification times of its files ("" for a hub release)."""
+    folder = resolve_local_path(ref)
+    if folder is None:
+        return ""
+    try:
+        return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(folder.iterdir())
+                        if p.suffix in (".json", ".safetensors"))
+    except OSError:
+        return ""
+
+
+def weights_identity(loaded: LoadedSae) -> str:
+    """A digest of an SAE's weights (a sample of each tensor's bytes and its shape): two SAEs under one reference
+    with different weights get different identities."""
+    import torch
+
+    digest = hashlib.sha256(loaded.ref.encode())
+    with torch.inference_mode():
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+            tensor = getattr(loaded.sae, name, None)
+            if isinstance(tensor, torch.Tensor):
+                flat = tensor.detach().reshape(-1)
+                sample = flat[:: max(1, flat.numel() // 4096)]
+                digest.update(f"{name}{tuple(tensor.shape)}".encode())
+                digest.update(sample.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:24]
 
 
 def get_dashboards(loaded: LoadedSae) -> Dashboards | None:
     """Shipped or previously computed dashboards of an SAE, or None (computing them is an explicit user action)."""
-    slot = _dashboard_slot(loaded.ref)
+    slot = _dashboard_slot(loaded.ref, weights_identity(loaded))
     if slot.value is not None:
         return slot.value[0]
     try:
@@ -86,7 +135,7 @@ def get_dashboards(loaded: LoadedSae) -> Dashboards | None:
 
 
 def remember_dashboards(loaded: LoadedSae, boards: Dashboards) -> None:
-    _dashboard_slot(loaded.ref).value = (boards,)
+    _dashboard_slot(loaded.ref, weights_identity(loaded)).value = (boards,)
 
 
 def _secrets() -> dict[str, Any]:

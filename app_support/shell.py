@@ -5,15 +5,22 @@ choices with :func:`current_settings`, or gets them with the loaded model and SA
 sidebar's widgets are drawn on every run, so their values survive page switches by themselves.
 
 One exception: a folder named ``pages/`` next to ``app.py`` makes Streamlit fall back to its legacy multipage mode
-when no ``st.navigation`` call has been seen yet in this process, which runs a page *without* ``app.py``. Streamlit's
-AppTest does so on every run after the first, and so does a fresh server whose first visitor opens a page's URL.
-:func:`page_setup` then draws the frame itself, so the page looks and behaves the same.
+when no ``st.navigation`` call has been seen yet in this process: it then shows its own directory navigation
+(``app``, ``compare``, ``explore``, ``forget set``) and runs the page the URL names *without* ``app.py``. A fresh
+server whose first visitor opens ``/compare`` does so, and Streamlit's AppTest does on every run. The page's
+:func:`page_setup` then hands the run over to ``app.py`` (:func:`_run_app_instead`): app.py's ``st.navigation``
+replaces the directory navigation with the app's three pages and runs the same page inside the frame, so every
+URL gives the same app, and the process leaves legacy mode for good.
+
+The frame also keeps the session's draft (:mod:`app_support.drafts`): looked for when a session starts, written at
+the end of every run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
+from pathlib import Path
 
 import streamlit as st
 import torch
@@ -24,9 +31,12 @@ from unlearn_core.errors import UnlearnError
 from unlearn_core.models.hub import hf_token_available
 from unlearn_core.models.presets import DEFAULT_PRESET, PRESETS
 
-from . import state
+from . import drafts, state
 from .resources import get_model, get_sae, model_is_loaded
+from .safe_text import md_escape
 from .state import PERSIST, Key
+
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
 
 MODE_HELP = {
     "zero": "set the chosen latents to 0 (error term kept)",
@@ -37,8 +47,7 @@ MODE_HELP = {
 
 
 def draw_sidebar() -> state.Settings:
-    """Draw the sidebar and remember its choices for the page (once per run: through :func:`frame`, or
-    :func:`page_setup` when Streamlit runs the page without app.py)."""
+    """Draw the sidebar and remember its choices for the page (once per run, through :func:`frame`)."""
     sb = st.sidebar
     sb.title("SAE unlearning")
     names = list(PRESETS)
@@ -93,22 +102,28 @@ def draw_sidebar() -> state.Settings:
     state.session().settings = settings
     fl = state.forget_set(preset.model_id)
     sb.divider()
-    sb.markdown(f"**Forget set:** {fl.name} — {fl.total_latents} latents")
+    sb.markdown(f"**Forget set:** {md_escape(fl.name)} — {fl.total_latents} latents")
     if state.has_unsaved_changes():
         sb.warning("Unsaved changes (save on the Forget set page).")
+    draft = drafts.pending()
+    if draft is not None:
+        sb.info(f"An unsaved draft of {md_escape(draft.feature_list.name)} can be restored on the Forget set page.")
     return settings
 
 
 @contextmanager
 def frame() -> Iterator[state.Settings]:
-    """app.py's frame around the page: draw the sidebar once for this run; the page reads its settings."""
+    """app.py's frame around the page: draw the sidebar once for this run; the page reads its settings. At the
+    end of the run, whatever ended it, the forget set's draft is saved."""
     session = state.session()
+    drafts.begin_run()
     settings = _draw_frame()
     session.sidebar_drawn = True
     try:
         yield settings
     finally:  # also when the page stops or reruns (st.stop, st.rerun raise)
         session.sidebar_drawn = False
+        drafts.autosave()
 
 
 def _draw_frame() -> state.Settings:
@@ -116,15 +131,22 @@ def _draw_frame() -> state.Settings:
     return draw_sidebar()
 
 
-def _draw_frame_without_app() -> None:
-    """The frame for a page Streamlit runs without app.py (legacy ``pages/`` mode, see the module's docstring).
+def _run_app_instead() -> None:
+    """Run app.py in place of a page Streamlit started without it (legacy ``pages/`` mode, see the module's
+    docstring), then end the page's own run.
 
-    Drawn as app.py draws it, under the main script's hash: Streamlit's widget ids include the hash of the script
-    drawing them, and the same ids keep the sidebar's values whichever way a run started.
+    app.py runs as Streamlit runs a main script, under the main script's hash (widget ids include the hash of the
+    script drawing them, so the sidebar keeps its values whichever way a run started); its navigation resolves the
+    URL's page and runs it inside the frame, where :func:`page_setup` finds the sidebar drawn.
     """
     ctx = get_script_run_ctx()
-    with ctx.run_with_active_hash(ctx.pages_manager.main_script_hash) if ctx else nullcontext():
+    if ctx is None:  # bare mode (python pages/x.py): no navigation to hand over to
         _draw_frame()
+        return
+    code = compile(APP_SCRIPT.read_bytes(), str(APP_SCRIPT), "exec")
+    with ctx.run_with_active_hash(ctx.pages_manager.main_script_hash):
+        exec(code, {"__name__": "__main__", "__file__": str(APP_SCRIPT)})  # noqa: S102 - the app's own entry point
+    st.stop()
 
 
 def current_settings() -> state.Settings:
@@ -160,7 +182,7 @@ def load_workspace(ws: state.Workspace) -> None:
         else:
             ws.lm = get_model(ws.preset.name, ws.device, ws.dtype)
         with st.spinner("Loading SAEs…"):
-            ws.saes = [get_sae(ws.family.ref(layer), ws.device, ws.dtype) for layer in ws.layers]
+            ws.saes = [get_sae(ws.family.ref(layer), ws.device, ws.dtype, preset=ws.preset) for layer in ws.layers]
     except UnlearnError as exc:
         ws.error = str(exc)
     except Exception as exc:  # noqa: BLE001 - anything else while loading is shown, not a traceback
@@ -169,9 +191,11 @@ def load_workspace(ws: state.Workspace) -> None:
 
 def page_setup(needs_model: bool = True) -> state.Workspace:
     """This run's workspace from the sidebar's settings; load the model (once per process) when the page needs it
-    or it is already loaded. Failures become ``ws.error``, a message for the page to show."""
+    or it is already loaded. Failures become ``ws.error``, a plain-text message for the page to show (escaped).
+
+    Called first by every page; a page run without app.py never gets past it (:func:`_run_app_instead`)."""
     if not state.session().sidebar_drawn:
-        _draw_frame_without_app()
+        _run_app_instead()
     ws = state.Workspace.from_settings(current_settings())
     state.session().workspace = ws
     if needs_model or model_is_loaded(ws.preset.name, ws.device, ws.dtype):

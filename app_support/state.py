@@ -83,6 +83,7 @@ class Key:
     DISCARD_STUDY = "discard_study"
     NEW_NAME = "new_name"
     DISCARD_NEW = "discard_new"
+    DISCARD_FOR_DRAFT = "discard_for_draft"
     BULK_LAYER = "bulk_layer"
     BULK_IDS = "bulk_ids"
     TABLE_SEARCH = "fl_search"
@@ -268,8 +269,14 @@ class Session:
     """Compare results by cell key (kind, condition, data): switching pages or re-running reuses them."""
     flashes: list[tuple[str, str]] = field(default_factory=list)
     """(kind, message) shown once at the top of the next run."""
-    neuronpedia_down: tuple[float, str] | None = None
-    """(monotonic time until which Neuronpedia is not asked again, the reason)."""
+    draft_id: str | None = None
+    """This session's draft id (kept in the URL; see :mod:`app_support.drafts`)."""
+    draft_checked: bool = False
+    """True once the session's first run looked for a draft to offer."""
+    draft_pending: Any = None
+    """The :class:`app_support.drafts.Draft` offered to this session and not yet restored or discarded."""
+    draft_written: str | None = None
+    """What the last autosave wrote (content, file, saved copy), so an unchanged list is not written again."""
     settings: Settings | None = None
     """The sidebar's choices in this run (app_support.shell draws the sidebar before the page's body runs)."""
     sidebar_drawn: bool = False
@@ -323,6 +330,17 @@ def set_forget_set(fl: FeatureList, path: Path | None, saved: bool) -> None:
     bump_version()
 
 
+def restore_forget_set(fl: FeatureList, path: Path | None, saved_signature: str | None, file_digest: str | None) -> None:
+    """Make ``fl`` the current forget set as it stood in a draft: opened from ``path`` (whose content then had
+    ``saved_signature`` and sha256 ``file_digest``), with unsaved edits. Nothing is written."""
+    s = session()
+    s.forget_set = fl
+    s.forget_set_path = path
+    s.saved_signature = saved_signature if path is not None else None
+    s.file_digest = file_digest if path is not None else None
+    bump_version()
+
+
 def forget_set_path() -> Path | None:
     return session().forget_set_path
 
@@ -360,7 +378,10 @@ def version() -> int:
 
 
 def flash(message: str, kind: str = "success") -> None:
-    """A message shown once, at the top of the next run (survives the rerun an action triggers)."""
+    """A message shown once, at the top of the next run (survives the rerun an action triggers).
+
+    It is rendered as Markdown: foreign text in it (names, file names, error messages) goes through
+    :func:`app_support.safe_text.md_escape`."""
     session().flashes.append((kind, message))
 
 

@@ -19,7 +19,8 @@ from unlearn_core.selection.suggest import (
     suggested_feature_list,
 )
 
-from . import shell, state
+from . import shell, state, uploads
+from .safe_text import md_escape
 
 UPLOAD = "a text file (upload)…"
 METHOD_HELP = {
@@ -50,7 +51,7 @@ def _text_choice(label: str, default: str, key: str) -> tuple[str, tuple[str, ..
                               key=f"{key}_file")
     if upload is None:
         return choice, None
-    text_set = texts_from_bytes(upload.getvalue(), upload.name)
+    text_set = uploads.decoded(upload, "text", texts_from_bytes)  # size-checked, decoded once per content
     return text_set.name, text_set.texts
 
 
@@ -69,7 +70,7 @@ def render(ws: state.Workspace) -> None:
         with c2:
             retain_name, retain_texts = _text_choice("Retain text", "wikitext2", "suggest_retain")
     except UnlearnError as exc:
-        st.error(f"That file cannot be used: {exc}")
+        st.error(f"That file cannot be used: {md_escape(exc)}")
         return
     c1, c2, c3 = st.columns(3)
     method = c1.selectbox("Rule", list(METHODS), key="suggest_method", format_func=lambda m: METHOD_HELP[m])
@@ -99,12 +100,12 @@ def _run(ws: state.Workspace, config: SelectConfig, forget_texts: tuple[str, ...
     try:
         check_model_matches(fl, ws.preset.model_id, "the current forget set")
     except UnlearnError as exc:
-        st.error(f"{exc}. Start a new forget set for {ws.preset.model_id} first.")
+        st.error(f"{md_escape(exc)}. Start a new forget set for {ws.preset.model_id} first.")
         return
     if ws.lm is None:
         shell.load_workspace(ws)
     if ws.error or ws.lm is None:
-        st.error(ws.error or "the model is not loaded")
+        st.error(md_escape(ws.error or "the model is not loaded"))
         return
     bar = st.progress(0.0, text="Computing activation statistics…")
 
@@ -115,18 +116,18 @@ def _run(ws: state.Workspace, config: SelectConfig, forget_texts: tuple[str, ...
         chosen = suggest(ws.lm, ws.saes, config, progress, forget_texts, retain_texts)
     except UnlearnError as exc:
         bar.empty()
-        st.error(f"No suggestion: {exc}")
+        st.error(f"No suggestion: {md_escape(exc)}")
         return
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory: a message, and the forget set stays as it was
         bar.empty()
-        st.error(f"No suggestion: {type(exc).__name__}: {exc}. The forget set is unchanged.")
+        st.error(f"No suggestion: {type(exc).__name__}: {md_escape(exc)}. The forget set is unchanged.")
         return
     bar.empty()
     try:
         # the CLI's builder (notes, stats, selection record with the preset, intervention), merged into the list
         total = merge_feature_list(fl, suggested_feature_list(ws.lm, ws.saes, chosen, config))
     except UnlearnError as exc:
-        st.error(f"No suggestion: {exc}")
+        st.error(f"No suggestion: {md_escape(exc)}")
         return
     state.bump_version()
     state.flash(f"Added {total} suggested latent(s) ({config.method} rule, {config.top} per layer). "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import time
 from collections.abc import Iterable, Sequence
 
 import streamlit as st
@@ -15,10 +14,10 @@ from unlearn_core.saes.neuronpedia import Explanation
 
 from . import state
 from .resources import get_dashboards, neuronpedia_client
+from .safe_text import md_escape
 from .state import Key
 
-HIGHLIGHT_RGB = "234, 88, 12"
-NEURONPEDIA_RETRY_SECONDS = 60  # orange: readable on light and dark themes
+HIGHLIGHT_RGB = "234, 88, 12"  # orange: readable on light and dark themes
 
 
 def _token_html(token: str) -> str:
@@ -63,22 +62,14 @@ def explanation_texts(loaded: LoadedSae, ids: Iterable[int]) -> dict[int, str]:
 def _fetch_explanations(neuronpedia_id: str, ids: list[int]) -> dict[int, Explanation] | str:
     """Explanations from the shared client, or the reason none can be fetched now.
 
-    When Neuronpedia is unreachable or timing out, the session remembers it for a minute instead of waiting for it
-    again on every rerun; a bad ``NEURONPEDIA_API_URL`` is reported, not raised.
+    A site that is unreachable, timing out or rate-limiting is not asked again on every rerun of every session: the
+    client's process-wide circuit breaker (:mod:`unlearn_core.saes.neuronpedia.breaker`) answers at once until it
+    retries. A bad ``NEURONPEDIA_API_URL`` is reported, not raised.
     """
-    session = state.session()
-    down = session.neuronpedia_down
-    if down and time.monotonic() < down[0]:
-        return f"{down[1]}; retried in a minute"
     try:
-        found = neuronpedia_client().explanations(neuronpedia_id, ids)
+        return neuronpedia_client().explanations(neuronpedia_id, ids)
     except UnlearnError as exc:
         return str(exc)
-    outage = next((e.error for e in found.values() if e.error and ("unreachable" in e.error or "timed out" in e.error)),
-                  None)
-    if outage:
-        session.neuronpedia_down = (time.monotonic() + NEURONPEDIA_RETRY_SECONDS, outage)
-    return found
 
 
 def neuronpedia_explanation(loaded: LoadedSae, latent: int) -> Explanation | None:
@@ -99,7 +90,7 @@ def dashboard_panel(board: LatentDashboard, max_contexts: int = 6) -> None:
     cols[2].metric("corpus tokens", f"{board.n_tokens:,}")
     if board.frequency_by_source:
         st.caption("frequency by corpus part: " + " · ".join(
-            f"{name} {freq:.3%}" for name, freq in board.frequency_by_source.items()))
+            f"{md_escape(name)} {freq:.3%}" for name, freq in board.frequency_by_source.items()))
     if board.is_dead:
         st.info("This latent never fired on the dashboard corpus.")
         return
@@ -112,7 +103,8 @@ def dashboard_panel(board: LatentDashboard, max_contexts: int = 6) -> None:
     left.html(_chips(board.promoted, "#15803d"))
     right.markdown("**Suppressed tokens**")
     right.html(_chips(board.suppressed, "#b91c1c"))
-    st.caption(f"Dashboard corpus: {board.corpus}. {board.auto_label} (automatic label, not a human explanation).")
+    st.caption(f"Dashboard corpus: {md_escape(board.corpus)}. {md_escape(board.auto_label)} (automatic label, not a "
+               "human explanation).")
 
 
 def _chips(pairs: Sequence[tuple[str, float]], color: str) -> str:
@@ -129,7 +121,7 @@ def explanation_panel(loaded: LoadedSae, latent: int) -> None:
     exp = neuronpedia_explanation(loaded, latent)
     if exp is not None:
         if exp.ok:
-            st.markdown(f"**Neuronpedia:** {html.escape(exp.text())}")
+            st.markdown(f"**Neuronpedia:** {md_escape(exp.text())}")  # the explanation is foreign text
             extra = []
             if exp.frac_nonzero is not None:
                 extra.append(f"density {exp.frac_nonzero:.3%}")
@@ -137,7 +129,7 @@ def explanation_panel(loaded: LoadedSae, latent: int) -> None:
                 extra.append(f"max activation ≈ {exp.max_activation:.3g}")
             st.caption(" · ".join(extra + [f"[open on Neuronpedia]({exp.url})"]))
         else:
-            st.warning(f"Neuronpedia: {exp.text()}")
+            st.warning(f"Neuronpedia: {md_escape(exp.text())}")
     boards = get_dashboards(loaded)
     if boards is not None:
         dashboard_panel(boards.latent(latent))

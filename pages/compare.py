@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import itertools
 import json
 
@@ -10,8 +11,10 @@ import plotly.express as px
 import streamlit as st
 
 from app_support import shell, state, sweep_panel
+from app_support.jobs import stop_check
 from app_support.resources import get_sae
 from app_support.safe_text import md_escape
+from app_support.uploads import decoded
 from unlearn_core.data.familiarity import familiar_terms, familiarity_prompts
 from unlearn_core.data.probes import ProbeSet
 from unlearn_core.data.quizzes import Quiz, knowledge_probes_from_bytes, knowledge_set_names, load_knowledge_probes
@@ -34,15 +37,16 @@ from unlearn_core.experiments.compare import (
 from unlearn_core.experiments.results import ConditionScores, EvaluationResult, knowledge_score_from_dict
 from unlearn_core.explain.explore import split_prompts, study_prompts
 from unlearn_core.forget_set.selections import check_selections_fit_model, load_selections
+from unlearn_core.scoring.batching import stoppable
 from unlearn_core.scoring.generation import generate_batch
 
 ws = shell.page_setup(needs_model=True)
 fl = state.forget_set(ws.preset.model_id)
 st.title("Compare")
-st.caption(f"Baseline vs **{fl.name}** ({fl.total_latents} latents) — {ws.intervention.describe()}. "
+st.caption(f"Baseline vs **{md_escape(fl.name)}** ({fl.total_latents} latents) — {ws.intervention.describe()}. "
            "Results are cached: switching pages or re-running reuses every number already computed.")
 if ws.error:
-    st.error(ws.error)
+    st.error(md_escape(ws.error))
     st.stop()
 if ws.lm is None:
     st.stop()
@@ -52,11 +56,12 @@ if fl.model != ws.preset.model_id:
     st.stop()
 
 try:
-    # the CLI's path: each SAE loaded (here from the shared cache) and checked against the list and the model
-    selections = load_selections(fl, loader=lambda ref: get_sae(ref, ws.device, ws.dtype))
+    # the CLI's path: each SAE loaded (here from the shared cache, which loads only the SAEs this preset allows)
+    # and checked against the list and the model
+    selections = load_selections(fl, loader=lambda ref: get_sae(ref, ws.device, ws.dtype, preset=ws.preset))
     check_selections_fit_model(lm, selections, ws.intervention)
 except UnlearnError as exc:
-    st.error(str(exc))
+    st.error(f"{md_escape(exc)}. Open or import a list of this preset's SAEs on the Forget set page.")
     st.stop()
 if not any(s.latents for s in selections):
     st.info("The forget set is empty, so only the baseline can run. Tick latents on the Explore page first.")
@@ -100,9 +105,9 @@ uploads = st.file_uploader("Your own texts (.txt, paragraphs separated by blank 
 text_sets: list[TextSet] = [load_texts(n, int(max_texts)) for n in text_names]
 for up in uploads or []:
     try:
-        text_sets.append(texts_from_bytes(up.getvalue(), up.name, int(max_texts)))
+        text_sets.append(decoded(up, "text", texts_from_bytes, int(max_texts)))  # size-checked, decoded once
     except UnlearnError as exc:
-        st.error(f"{exc}. It is left out.")
+        st.error(f"{md_escape(exc)}. It is left out.")
 
 
 ABLATED_COLORS = ["#c2410c", "#ea580c", "#f97316", "#fb923c", "#fdba74", "#9a3412"]
@@ -114,6 +119,14 @@ def condition_colors() -> dict[str, str]:
     ablated = [c.label for c in all_conditions if c.label not in colors]
     colors.update({name: ABLATED_COLORS[i % len(ABLATED_COLORS)] for i, name in enumerate(ablated)})
     return colors
+
+
+def chart_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows for a plotly chart: dataset names (uploaded file names) escaped, so plotly's pseudo-HTML (links,
+    styles) in a name is shown as text."""
+    df = pd.DataFrame(rows)
+    df["dataset"] = [html.escape(str(name), quote=False) for name in df["dataset"]]
+    return df
 
 
 def perplexity_rows() -> list[dict]:
@@ -139,7 +152,7 @@ def draw_perplexity() -> None:
     if not rows:
         chart_slot.info("Press **Run perplexity** to score the chosen texts under each condition.")
         return
-    df = pd.DataFrame(rows)
+    df = chart_frame(rows)
     df["label"] = [(f"×{r:.2f}" if r and c != BASELINE else f"{v:.1f}") + ("" if done else " …")
                    for v, r, c, done in zip(df["value"], df["ratio_to_baseline"], df["condition"], df["complete"], strict=True)]
     fig = px.bar(df, x="dataset", y="value", color="condition", barmode="group", text="label",
@@ -173,18 +186,20 @@ if run_col.button("Run perplexity", icon=":material/play_arrow:", type="primary"
         stop_button("stop_ppl")
     todo = [(ts, cond) for ts in text_sets for cond in conditions]
     bar = st.progress(0.0, text="Starting…")
+    should_stop = stop_check()
     for n_done, (ts, cond) in enumerate(todo):
         tkey = text_set_key(ts, int(seq_len))
         key = cell_key("ppl", cond, tkey)
         if cells.get(key, {}).get("complete"):
             continue
-        bar.progress(n_done / len(todo), text=f"{cond.label} on {ts.name}…")
+        bar.progress(n_done / len(todo), text=f"{cond.label} on {md_escape(ts.name)}…")
         try:
-            for partial in perplexity_cell(lm, cond, ts, max_seq_len=int(seq_len), batch_tokens=1024):
-                cells[key] = {"value": partial.perplexity, "n": partial.n_tokens, "complete": False}
-                draw_perplexity()
+            with stoppable(should_stop):  # asked before every batch: Stop ends the job within one batch
+                for partial in perplexity_cell(lm, cond, ts, max_seq_len=int(seq_len), batch_tokens=1024):
+                    cells[key] = {"value": partial.perplexity, "n": partial.n_tokens, "complete": False}
+                    draw_perplexity()
         except UnlearnError as exc:
-            state.flash(f"{ts.name}: {exc}", "error")  # shown after the rerun below
+            state.flash(f"{md_escape(ts.name)}: {md_escape(exc)}", "error")  # shown after the rerun below
             break
         cells[key]["complete"] = True
         draw_perplexity()
@@ -206,9 +221,9 @@ probe_uploads = st.file_uploader("Your own probe files: multiple choice {\"quest
 probe_sets: list[ProbeSet | Quiz] = [load_knowledge_probes(n, int(max_items)) for n in probe_names]
 for up in probe_uploads or []:
     try:
-        probe_sets.append(knowledge_probes_from_bytes(up.getvalue(), up.name, int(max_items)))
+        probe_sets.append(decoded(up, "probes", knowledge_probes_from_bytes, int(max_items)))
     except UnlearnError as exc:
-        st.error(f"{exc}. It is left out.")
+        st.error(f"{md_escape(exc)}. It is left out.")
 
 PROBE_METRICS = {"cloze": ("top1", "mean_logprob"), "quiz": ("acc_calibrated", "acc", "acc_norm")}
 """The headline metric first: top-1 for cloze/QA, lm-eval's calibrated accuracy for multiple choice."""
@@ -239,7 +254,7 @@ def draw_probes() -> None:
     if not rows:
         probe_slot.info("Choose or upload probe sets, then **Run probes**.")
         return
-    fig = px.bar(pd.DataFrame(rows), x="dataset", y="value", color="condition", barmode="group", text_auto=".2f",
+    fig = px.bar(chart_frame(rows), x="dataset", y="value", color="condition", barmode="group", text_auto=".2f",
                  labels={"value": "accuracy", "dataset": ""},
                  title="Knowledge probes: cloze top-1, multiple-choice calibrated accuracy (dotted: chance)",
                  color_discrete_map=condition_colors())
@@ -257,15 +272,17 @@ if run_col.button("Run probes", icon=":material/play_arrow:", disabled=not probe
         stop_button("stop_probes")
     todo = [(ps, cond) for ps in probe_sets for cond in conditions]
     bar = st.progress(0.0)
+    should_stop = stop_check()
     for n_done, (ps, cond) in enumerate(todo):
         key = cell_key("probe", cond, probe_set_key(ps))
         if key in cells:
             continue
-        bar.progress(n_done / len(todo), text=f"{cond.label} on {ps.name}…")
+        bar.progress(n_done / len(todo), text=f"{cond.label} on {md_escape(ps.name)}…")
         try:
-            cells[key] = knowledge_cell(lm, cond, ps)
+            with stoppable(should_stop):  # probe and quiz scores ask it before every batch
+                cells[key] = knowledge_cell(lm, cond, ps)
         except UnlearnError as exc:
-            state.flash(f"{ps.name}: {exc}", "error")
+            state.flash(f"{md_escape(ps.name)}: {md_escape(exc)}", "error")
             break
         draw_probes()
     st.rerun()
@@ -343,6 +360,7 @@ if run_col.button("Run generations", icon=":material/play_arrow:", disabled=not 
     todo = [p for p in prompts if any(cell_key("gen", c, generation_key(p, new_tokens, temperature, seed)) not in cells
                                       for c in conditions)]
     bar = st.progress(0.0, text="Starting…")
+    should_stop = stop_check()
     for start in range(0, len(todo), GEN_PROMPTS_PER_BATCH):
         batch = todo[start : start + GEN_PROMPTS_PER_BATCH]
 
@@ -352,9 +370,10 @@ if run_col.button("Run generations", icon=":material/play_arrow:", disabled=not 
                                               f"token {step} of {new_tokens}")
 
         try:
-            texts = generate_batch(lm, batch, conditions, new_tokens, temperature, seed, on_step=on_step)
+            texts = generate_batch(lm, batch, conditions, new_tokens, temperature, seed, on_step=on_step,
+                                   should_stop=should_stop)  # asked before every decode step
         except UnlearnError as exc:
-            state.flash(str(exc), "error")
+            state.flash(md_escape(exc), "error")
             break
         for (i, name), text in texts.items():
             cond = next(c for c in conditions if c.name == name)

@@ -9,6 +9,7 @@ import streamlit as st
 from app_support import shell, state, views
 from app_support.forget_ops import apply_ticks, chosen_ids
 from app_support.resources import get_dashboards
+from app_support.safe_text import md_escape
 from app_support.state import PERSIST, Key
 from unlearn_core.errors import UnlearnError
 from unlearn_core.explain.explore import RANKINGS, ExploreResult, explore, prepare_prompts, split_prompts, study_prompts
@@ -22,7 +23,7 @@ st.caption(
     "and where they fire. Tick **forget** to add a latent to the forget set."
 )
 if ws.error:
-    st.error(ws.error)
+    st.error(md_escape(ws.error))
     st.stop()
 if ws.lm is None or not ws.saes:
     st.info("Choose at least one layer in the sidebar.")
@@ -38,10 +39,10 @@ right.button("Clear", on_click=lambda: state.set_widget(Key.EXPLORE_PROMPTS, "")
 try:
     prepared = prepare_prompts(ws.lm, split_prompts(prompts_text))
 except UnlearnError as exc:
-    st.warning(str(exc))
+    st.warning(md_escape(exc))
     st.stop()
 for notice in prepared.notices:
-    st.info(notice)
+    st.info(md_escape(notice))  # notices may quote the prompts
 
 run_key = (ws.preset.name, ws.device, ws.dtype, tuple(s.ref for s in ws.saes), prepared.token_ids)
 app = state.session()
@@ -50,7 +51,7 @@ if app.explore is None or app.explore.key != run_key:
         try:
             computed: ExploreResult = explore(ws.lm, ws.saes, prepared)
         except UnlearnError as exc:
-            st.error(str(exc))
+            st.error(md_escape(exc))
             st.stop()
     app.explore = state.ExploreRun(run_key, computed)  # the Forget set page shows it too
 result = app.explore.result
@@ -131,7 +132,7 @@ for tab, loaded in zip(tabs, ws.saes, strict=True):
             try:
                 added, removed = apply_ticks(family, loaded.layer, ws.preset.model_id, add, remove, notes)
             except UnlearnError as exc:
-                st.error(str(exc))
+                st.error(md_escape(exc))
             else:
                 state.flash(f"Layer {loaded.layer}: added {added or 'nothing'}, removed {removed or 'nothing'}.")
                 st.rerun()

@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app_support import shell, state, suggest_panel, views
-from app_support.forget_ops import apply_ticks
+from app_support import drafts, shell, state, suggest_panel, uploads, views
+from app_support.forget_ops import apply_ticks, save_as_target
 from app_support.resources import get_dashboards
+from app_support.safe_text import md_escape
 from app_support.state import Key
 from unlearn_core.errors import UnlearnError
 from unlearn_core.forget_set import (
@@ -50,13 +51,13 @@ def _open_study_list(ref_path: Path) -> None:
     try:
         opened = load_feature_list(ref_path)
     except UnlearnError as exc:
-        state.flash(str(exc), "error")
+        state.flash(md_escape(exc), "error")
         return
     presets = presets_for_model_id(opened.model)
     if presets and presets[0].model_id != ws.preset.model_id:
         state.set_widget(Key.PRESET, presets[0].name)
     state.set_forget_set(opened, ref_path, saved=True)
-    state.flash(f"Opened the study's {ref_path.name} ({opened.total_latents} latents) for {opened.model}; "
+    state.flash(f"Opened the study's {md_escape(ref_path.name)} ({opened.total_latents} latents) for {opened.model}; "
                 "the model preset follows it.")
 
 
@@ -67,15 +68,15 @@ def _is_protected(target: Path) -> bool:
 def _save_to(target: Path, overwrite: bool) -> None:
     """Write the list atomically (refusing to replace a file unless ``overwrite``), then remember it as saved."""
     if overwrite and _is_protected(target):
-        st.error(f"{target.name} ships with the repository and is read-only: choose another name.")
+        st.error(f"{md_escape(target.name)} ships with the repository and is read-only: choose another name.")
         return
     try:
         save_feature_list(fl, target, overwrite=overwrite)
     except UnlearnError as exc:
-        st.error(str(exc))
+        st.error(md_escape(exc))
         return
     state.mark_saved(target)
-    state.flash(f"Saved {target.name}.")
+    state.flash(f"Saved {md_escape(target.name)}.")
     st.rerun()
 
 
@@ -86,13 +87,25 @@ def _discard_ok(key: str) -> bool:
     return st.checkbox("Discard my unsaved changes", key=key)
 
 
+# ------------------------------------------------------------------------------------------------ draft
+draft = drafts.pending()
+if draft is not None:
+    with st.container(border=True):
+        st.info(f"Restore the unsaved draft of {md_escape(draft.feature_list.name)} "
+                f"({draft.feature_list.total_latents} latents, saved {drafts.ago(draft.saved_at)})? It was kept when "
+                "this page was closed or the server restarted. Until you choose, new edits are not autosaved.")
+        ok = _discard_ok(Key.DISCARD_FOR_DRAFT)
+        c1, c2, _ = st.columns([1, 1, 4])
+        c1.button("Restore", type="primary", on_click=drafts.restore, disabled=not ok)
+        c2.button("Discard", on_click=drafts.discard, help="Delete the draft; the current forget set stays.")
+
 # ------------------------------------------------------------------------------------------------ header
 if state.has_unsaved_changes():
     st.warning("This forget set has unsaved changes: **Save** or **Export** it before you close the tab.")
 meta = st.columns([2, 3, 2])
 new_name = meta[0].text_input("Name", value=fl.name, key=Key.list_name(state.version()))
 new_desc = meta[1].text_input("Description", value=fl.description, key=Key.list_description(state.version()))
-meta[2].markdown(f"**Model:** `{fl.model}`  \n**File:** `{path.name if path else '(not saved yet)'}`  \n"
+meta[2].markdown(f"**Model:** `{fl.model}`  \n**File:** {md_escape(path.name) if path else '(not saved yet)'}  \n"
                  f"**Latents:** {fl.total_latents} in {len(fl.saes)} SAE(s)")
 # Plain assignments, no rerun: a rerun here would drop a button click sent with the same edit.
 if new_name.strip() and new_name.strip() != fl.name:
@@ -120,29 +133,34 @@ with file_tab:
                 opened = load_feature_list(files[choice])
                 check_model_matches(opened, ws.preset.model_id, choice)
             except UnlearnError as exc:
-                st.error(f"Not opened: {exc}. The current forget set is unchanged.")
+                st.error(f"Not opened: {md_escape(exc)}. The current forget set is unchanged.")
             else:
-                _replace_current(opened, files[choice], f"Opened {choice} ({opened.total_latents} latents).")
+                _replace_current(opened, files[choice], f"Opened {md_escape(choice)} ({opened.total_latents} latents).")
     with c2:
         protected = path is not None and _is_protected(path)
-        st.markdown("**Save**" + (f" to `{path.name}`" if path and not protected else ""))
+        st.markdown("**Save**" + (f" to {md_escape(path.name)}" if path and not protected else ""))
         force = True
         if path is not None and state.changed_on_disk():
-            st.warning(f"{path.name} changed on disk since you opened it.")
+            st.warning(f"{md_escape(path.name)} changed on disk since you opened it.")
             force = st.checkbox("Overwrite it anyway", key=Key.FORCE_SAVE)
         if st.button("Save", type="primary", disabled=path is None or protected or not force,
                      help="Shipped lists (reference_*, example_*) are read-only: use Save as." if protected else None):
             _save_to(path, overwrite=True)
         st.markdown(f"**Save as** (in `{DIR}`)")
-        default_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", fl.name).strip("_") or "forget_set"
+        default_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", fl.name).strip("_.") or "forget_set"
         name = st.text_input("File name", value=f"{default_name}.json", key=Key.save_as_name(state.version()))
-        target = DIR / (Path(name).name if name.endswith(".json") else f"{Path(name).name}.json")
+        try:
+            target: Path | None = save_as_target(DIR, name)
+        except UnlearnError as exc:
+            target = None
+            st.error(f"That file name cannot be used: {md_escape(exc)}.")
         overwrite = False
-        if target.exists():
-            st.warning(f"{target.name} already exists.")
-            overwrite = st.checkbox(f"Replace {target.name}", key=Key.overwrite(target.name),
+        exists = target is not None and target.exists()
+        if target is not None and exists:
+            st.warning(f"{md_escape(target.name)} already exists.")
+            overwrite = st.checkbox(f"Replace {md_escape(target.name)}", key=Key.overwrite(target.name),
                                     disabled=_is_protected(target)) and not _is_protected(target)
-        if st.button("Save as", disabled=not Path(name).stem or (target.exists() and not overwrite)):
+        if st.button("Save as", disabled=target is None or (exists and not overwrite)) and target is not None:
             _save_to(target, overwrite=overwrite)
 
 with import_tab:
@@ -152,6 +170,7 @@ with import_tab:
         ok = _discard_ok(Key.DISCARD_IMPORT)
         if upload is not None and st.button("Import", disabled=not ok):
             try:
+                uploads.check_size(upload, "feature list")  # decoded on this click only, so not cached
                 imported = feature_list_from_bytes(upload.getvalue(), upload.name)
                 check_model_matches(imported, ws.preset.model_id, upload.name)
                 if ws.saes:
@@ -162,9 +181,9 @@ with import_tab:
                             raise UnlearnError(f"{upload.name}: latent {bad[0]} is out of range for {entry.sae} "
                                                f"(latents 0..{widths[entry.sae] - 1})")
             except UnlearnError as exc:
-                st.error(f"Not imported: {exc}. The current forget set is unchanged.")
+                st.error(f"Not imported: {md_escape(exc)}. The current forget set is unchanged.")
             else:
-                _replace_current(imported, None, f"Imported {upload.name} ({imported.total_latents} latents); "
+                _replace_current(imported, None, f"Imported {md_escape(upload.name)} ({imported.total_latents} latents); "
                                                   "use Save as to keep it in feature_lists/.")
     with c2:
         st.markdown("**Export** the current list (JSON, the engine's format)")
@@ -187,7 +206,7 @@ with new_tab:
     ok = _discard_ok(Key.DISCARD_NEW)
     if st.button("Start a new, empty forget set", disabled=not ok):
         _replace_current(new_feature_list(name.strip() or "untitled", ws.preset.model_id), None,
-                         f"New forget set {name!r} for {ws.preset.model_id}.")
+                         f"New forget set {md_escape(repr(name.strip() or 'untitled'))} for {ws.preset.model_id}.")
 
 # ------------------------------------------------------------------------------------------------ bulk add
 st.subheader("Add latents by id")
@@ -204,7 +223,7 @@ else:
             ids = parse_latent_ids(ids_text, width=family.width)
             added, _ = apply_ticks(family, layer, ws.preset.model_id, ids, [], {i: "added by id" for i in ids})
         except UnlearnError as exc:
-            st.error(str(exc))
+            st.error(md_escape(exc))
         else:
             state.flash(f"Layer {layer}: added {len(added)} latent(s)" + (f" ({len(ids) - len(added)} already there)"
                                                                           if len(added) < len(ids) else "") + ".")

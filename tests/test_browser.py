@@ -179,3 +179,33 @@ def test_explore_tick_save_compare_in_chromium(server):
         _shot(page, "4_tradeoff")
         browser.close()
     assert not errors, errors
+
+
+def test_first_visit_to_a_page_url_gets_the_apps_navigation(server):
+    """A fresh server whose first visitor opens /compare (Streamlit's legacy ``pages/`` mode until app.py has run)
+    shows the app's three pages, not Streamlit's directory listing (app, compare, explore, forget set)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page(viewport={"width": 1440, "height": 1200})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        for path, title in (("/compare", "Compare"), ("/forget_set", "Forget set")):
+            page.goto(url + path)
+            expect(page.get_by_role("heading", name=title, exact=True).first).to_be_visible(timeout=300_000)
+            _idle(page)
+            links = page.locator('[data-testid="stSidebarNav"] a').locator("visible=true")
+            # each link reads "<material icon name> <title>", e.g. "search Explore"; directory entries have no icon
+            names = [re.sub(r"^[a-z_]+ (?=[A-Z])", "", " ".join(t.split())) for t in links.all_inner_texts()]
+            assert names == ["Explore", "Forget set", "Compare"], (path, names)
+            assert not {"app", "forget set", "compare", "explore"} & set(names), names
+            expect(page.get_by_text("Forget set:").first).to_be_visible()  # the app's sidebar, drawn once
+        _shot(page, "5_first_visit_forget_set")
+        browser.close()
+    assert not errors, errors

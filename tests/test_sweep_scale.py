@@ -103,6 +103,15 @@ def ray_cluster(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def pool(ray_cluster):
+    """Two actors with the tiny model, shared by the Ray tests (one replaced when a test kills it)."""
+    from unlearn_core.experiments.sweep_ray import RayPool
+
+    with RayPool(TinyLoader(), 2) as shared:
+        yield shared
+
+
 def assert_same_numbers(a, b, rel: float = 1e-9, where: str = "") -> None:
     """Every number of two sweep results agrees to ``rel`` (timing fields aside); everything else is equal."""
     if isinstance(a, dict):
@@ -213,57 +222,64 @@ def _assert_same_stats(whole, combined) -> None:
 
 
 @needs_ray
-def test_sweep_on_two_ray_workers_equals_sequential(setup, tiny_lm, ranked, sequential, ray_cluster, tmp_path):
-    from unlearn_core.experiments.sweep_ray import RayPool
-
-    with RayPool(TinyLoader(), 2) as pool:
-        workers = []
-        fanned = run_sweep(tiny_lm, tiny_saes(), ranked, setup.sweep, runner=pool.runner(setup.sweep),
-                           points_dir=tmp_path / "points", on_point=lambda e: workers.append(e.worker))
+def test_sweep_on_two_ray_workers_equals_sequential(setup, tiny_lm, ranked, sequential, pool, tmp_path):
+    workers = []
+    fanned = run_sweep(tiny_lm, tiny_saes(), ranked, setup.sweep, runner=pool.runner(setup.sweep),
+                       points_dir=tmp_path / "points", on_point=lambda e: workers.append(e.worker))
     assert set(workers) == {0, 1}  # both workers measured points
     assert_same_numbers(sequential, fanned)
     assert len(list((tmp_path / "points").glob("*.json"))) == len(workers)
 
 
 @needs_ray
-def test_killed_worker_does_not_change_the_result(setup, tiny_lm, ranked, sequential, ray_cluster):
-    from unlearn_core.experiments.sweep_ray import RayPool
-
+def test_killed_worker_does_not_change_the_result(setup, tiny_lm, ranked, sequential, ray_cluster, pool):
     killed = []
-    with RayPool(TinyLoader(), 2) as pool:
-        def kill_after_first(event):
-            if not killed:
-                killed.append(pool.actors[event.worker])
-                ray_cluster.kill(killed[0])
 
-        result = run_sweep(tiny_lm, tiny_saes(), ranked, setup.sweep, runner=pool.runner(setup.sweep),
-                           on_point=kill_after_first)
-        assert killed and all(a is not killed[0] for a in pool.actors)  # replaced
+    def kill_after_first(event):
+        if not killed:
+            killed.append(pool.actors[event.worker])
+            ray_cluster.kill(killed[0])
+
+    result = run_sweep(tiny_lm, tiny_saes(), ranked, setup.sweep, runner=pool.runner(setup.sweep),
+                       on_point=kill_after_first)
+    assert killed and all(a is not killed[0] for a in pool.actors)  # replaced by a fresh actor
     assert_same_numbers(sequential, result)
 
 
 @needs_ray
-def test_selection_statistics_on_ray_workers_equal_single_pass(setup, tiny_lm, ranked, ray_cluster):
-    from unlearn_core.experiments.sweep_ray import RayPool, suggest_on_ray
+def test_selection_statistics_on_ray_workers_equal_single_pass(setup, tiny_lm, ranked, pool):
+    from unlearn_core.experiments.sweep_ray import suggest_on_ray
 
     saes = tiny_saes()
     sequences = stats_sequences(tiny_lm, RETAIN * 3, 3000, 40)
-    with RayPool(TinyLoader(), 2) as pool:
-        _assert_same_stats(compute_latent_stats(tiny_lm, saes, sequences), pool.latent_stats(saes, sequences, 4096))
-        on_ray = suggest_on_ray(tiny_lm, saes, setup.select, pool)
+    _assert_same_stats(compute_latent_stats(tiny_lm, saes, sequences), pool.latent_stats(saes, sequences, 4096))
+    on_ray = suggest_on_ray(tiny_lm, saes, setup.select, pool)
     assert {ref: [c.id for c in v] for ref, v in on_ray.items()} == {ref: [c.id for c in v] for ref, v in ranked.items()}
 
 
 @needs_ray
-def test_sweep_command_on_ray_workers_is_resumable(setup, tiny_lm, sequential, ray_cluster, tmp_path, monkeypatch, capsys):
-    """``sweep --workers 2`` (model loading stubbed to the tiny model) writes the points, and a re-run reuses them."""
+def test_sweep_command_on_ray_workers_is_resumable(setup, tiny_lm, sequential, pool, tmp_path, monkeypatch, capsys):
+    """``sweep --workers 2`` (the tiny model in place of the preset, the shared pool in place of a new one) writes
+    the points, and a re-run reuses them."""
     from unlearn_core.cli import main, selection_cmds
     from unlearn_core.experiments import sweep_ray
+
+    asked = []
+
+    class SharedPool:  # the command's pool: the module's two actors (a second pool would not fit in 2 CPUs)
+        def __init__(self, loader, workers, address=None):
+            asked.append((loader, workers, address))
+
+        def __enter__(self):
+            return pool
+
+        def __exit__(self, *exc):
+            return None
 
     monkeypatch.setenv("UNLEARN_CACHE_DIR", str(setup.folder / "cache"))
     monkeypatch.setattr(selection_cmds, "_selection_setup", lambda args: (tiny_lm, tiny_saes(), _select_config(setup, args)))
     monkeypatch.setattr(selection_cmds, "_write_plots", lambda result, out_dir: None)
-    monkeypatch.setattr(sweep_ray.ModelSpec, "of", classmethod(lambda cls, lm, saes: TinyLoader()))
+    monkeypatch.setattr(sweep_ray, "RayPool", SharedPool)
     argv = ["sweep", "--workers", "2", "--out-dir", str(tmp_path / "out"), *_sweep_flags(setup)]
     assert main(argv) == 0
     first = json.loads((tmp_path / "out" / "sweep.json").read_text())
@@ -273,6 +289,17 @@ def test_sweep_command_on_ray_workers_is_resumable(setup, tiny_lm, sequential, r
     assert {k: v for k, v in first.items() if k != "seconds"} == {k: v for k, v in again.items() if k != "seconds"}
     assert_same_numbers({k: v for k, v in sequential.items() if k != "settings"},
                         {k: v for k, v in first.items() if k not in ("settings", "command")})
+    # select --workers: the statistics in shards on the workers, the same list as a single pass
+    from unlearn_core.forget_set import load_feature_list
+
+    assert main(["select", "--workers", "2", "--out", str(tmp_path / "fl.json")]) == 0
+    listed = {e.sae: [lat.id for lat in e.latents] for e in load_feature_list(tmp_path / "fl.json").saes}
+    single = suggest(tiny_lm, tiny_saes(), setup.select)
+    assert listed == {ref: [c.id for c in v] for ref, v in single.items() if v}
+    assert main(["select", "--ray-address", "auto", "--out", str(tmp_path / "fl2.json")]) == 2
+    spec = asked[0][0]
+    assert asked[0][1:] == (2, None) and spec.preset == tiny_lm.preset.name and spec.device == "cpu" and not spec.wants_gpu
+    assert spec.sae_refs == tuple(s.ref for s in tiny_saes())
 
 
 def _select_config(setup: Setup, _args) -> SelectConfig:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from unlearn_core.data.texts import load_texts
-from unlearn_core.errors import ModelUnavailableError, UnlearnError
+from unlearn_core.errors import InputError, ModelUnavailableError, UnlearnError
 from unlearn_core.experiments.sweep import Measurer, SweepConfig, load_sweep_data
 from unlearn_core.experiments.sweep_store import ConditionSpec, DoneFn, Job, SweepData
 from unlearn_core.models.loading import LoadedModel, load_model
@@ -38,7 +38,7 @@ from unlearn_core.selection.suggest import SelectConfig
 MAX_RETRIES = 2
 """How many times one job is retried on a fresh actor after the actor running it died."""
 FORWARDED_ENV: tuple[str, ...] = ("HF_TOKEN",)
-"""Variables of the driver's environment handed to every worker through Ray's runtime environment (never printed)."""
+"""Variables of the driver's environment handed to every worker with its actor (:class:`WorkerEnv`)."""
 CountFn = Callable[[str, int, int], None]
 """``progress(stage, done, total)``, counting finished jobs."""
 
@@ -80,6 +80,25 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class WorkerEnv:
+    """Environment variables (a token) shipped to each actor as an argument and set in its process before it loads
+    the model. Not through Ray's ``runtime_env``: Ray's runtime-env agent writes ``env_vars`` to its log in plain
+    text. The values never appear in a repr."""
+
+    values: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    @classmethod
+    def from_environ(cls, names: Sequence[str] = FORWARDED_ENV) -> WorkerEnv:
+        return cls(tuple((n, os.environ[n]) for n in names if os.environ.get(n)))
+
+    def __repr__(self) -> str:
+        return f"WorkerEnv({[name for name, _ in self.values]})"
+
+    def apply(self) -> None:
+        os.environ.update(dict(self.values))
+
+
+@dataclass(frozen=True)
 class MeasureSetup:
     """What every measuring job of one sweep shares (sent to the cluster once)."""
 
@@ -90,7 +109,9 @@ class MeasureSetup:
 class SweepWorker:
     """One actor: its own model and SAEs (loaded once) measuring conditions and computing statistics."""
 
-    def __init__(self, loader: ModelLoader) -> None:
+    def __init__(self, loader: ModelLoader, env: WorkerEnv | None = None) -> None:
+        if env is not None:
+            env.apply()
         self.lm, saes = loader.load()
         self.saes = {s.ref: s for s in saes}
 
@@ -115,10 +136,12 @@ class RayPool:
 
     def __init__(self, loader: ModelLoader, workers: int, address: str | None = None) -> None:
         if workers < 1:
-            raise UnlearnError("--workers must be >= 1")
+            raise InputError("--workers must be >= 1")
         self.loader, self.workers, self.address = loader, workers, address
         self.actors: list[Any] = []
+        self._env = WorkerEnv.from_environ()
         self._started_ray = False
+        self._cpus_per_worker = 1
 
     def __enter__(self) -> RayPool:
         self.start()
@@ -133,11 +156,15 @@ class RayPool:
         from ray.exceptions import RayActorError
 
         if not ray.is_initialized():
-            env = {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}}
-            if self.address:
-                ray.init(address=self.address, runtime_env=env, log_to_driver=True)
-            else:
-                ray.init(num_cpus=self.workers, include_dashboard=False, runtime_env=env)
+            try:
+                if self.address:
+                    ray.init(address=self.address)
+                else:  # this machine's cores shared out: each actor's torch uses its share (Ray sets OMP_NUM_THREADS)
+                    cores = max(os.cpu_count() or 1, self.workers)
+                    ray.init(num_cpus=cores, include_dashboard=False)
+                    self._cpus_per_worker = cores // self.workers
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise InputError(f"cannot start or join Ray ({self.address or 'on this machine'}): {exc}") from None
             self._started_ray = True
         self._actor_class = ray.remote(SweepWorker)
         self.actors = [self._new_actor() for _ in range(self.workers)]
@@ -160,14 +187,16 @@ class RayPool:
 
     def _new_actor(self) -> Any:
         gpus = 1 if self.loader.wants_gpu else 0
-        return self._actor_class.options(num_cpus=1, num_gpus=gpus, max_restarts=0).remote(self.loader)
+        cpus = 1 if gpus else self._cpus_per_worker
+        return self._actor_class.options(num_cpus=cpus, num_gpus=gpus, max_restarts=0).remote(self.loader, self._env)
 
     def map(self, method: str, calls: Sequence[tuple[Any, ...]], on_result: Callable[[int, Any, int], None]) -> None:
         """Run ``actor.method(*call)`` for every call, each on the next free actor; ``on_result(i, value, slot)`` as
         each finishes. A call whose actor died is retried on a fresh actor in the same slot (:data:`MAX_RETRIES`)."""
         import ray
-        from ray.exceptions import RayActorError, WorkerCrashedError
+        from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
 
+        lost = (RayActorError, WorkerCrashedError, NodeDiedError, OutOfMemoryError)  # the worker, not the job, failed
         queue = deque((i, 0) for i in range(len(calls)))
         idle = deque(range(len(self.actors)))
         pending: dict[Any, tuple[int, int, int]] = {}
@@ -179,7 +208,7 @@ class RayPool:
             i, tries, slot = pending.pop(ref)
             try:
                 value = ray.get(ref)
-            except (RayActorError, WorkerCrashedError) as exc:
+            except lost as exc:
                 if tries >= MAX_RETRIES:
                     raise WorkerLostError(f"gave up on job {i + 1} after {tries + 1} workers died running it: {exc}") from None
                 _kill(self.actors[slot])

@@ -4,8 +4,8 @@ A cached file is written atomically (:meth:`Dashboards.save`) and checked whole 
 (truncated, corrupt, another format) is deleted and rebuilt, never trusted. A shipped file that cannot be read is an
 error: it is part of the SAE, not a cache. Building a cached file holds an exclusive lock on its own lock file
 (``fcntl.flock``, where the platform has it; see :func:`build_lock`), so two threads or processes asking for the
-same dashboards build them once: the second waits, then reads the first one's file. Temporary files of a write killed over an hour ago
-are removed when the cache folder is first used.
+same dashboards build them once: the second waits, then reads the first one's file. Temporary files of a write
+killed over an hour ago are removed when the cache folder is first used.
 """
 
 from __future__ import annotations
