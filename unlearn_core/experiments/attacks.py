@@ -345,10 +345,3 @@ def _stage(progress: StageProgressFn | None, stage: str) -> Callable[[int, int],
     if progress is None:
         return None
     return lambda done, total: progress(stage, done, total)
-
-
-def attack_table(result: dict[str, Any], metric: str | None = None, markdown: bool = False) -> list[str]:
-    """See :func:`unlearn_core.experiments.attack_report.attack_table` (kept here for older imports)."""
-    from unlearn_core.experiments.attack_report import attack_table as table
-
-    return table(result, metric, markdown)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from unlearn_core.data.texts import TEXT_SPLITS
+from unlearn_core.experiments.attack_report import attack_table
 from unlearn_core.experiments.report import headline_targets_table, split_of
 from unlearn_core.experiments.results import selectivity
 from unlearn_core.experiments.sweep import forget_score
@@ -113,8 +114,6 @@ def evaluation_markdown(result: dict[str, Any], command: str | None = None) -> s
                 f"{k.removesuffix('_acc').replace('_', ' ')} {v:.3f}" for k, v in b.items()) + ".", ""]
         lines += headline_targets_table(columns) + [""]
     if result.get("attacks"):
-        from unlearn_core.experiments.attacks import attack_table
-
         lines += ["## Attacks: how much of the forgotten quiz accuracy comes back", ""]
         lines += attack_table(result["attacks"], markdown=True) + [""]
         lines += [f"- {k}: {v}" for k, v in result["attacks"].get("definitions", {}).items()] + [""]
