@@ -20,6 +20,8 @@ from unlearn_core.data.probes import ProbeSet
 from unlearn_core.data.quizzes import Quiz, knowledge_probes_from_bytes, knowledge_set_names, load_knowledge_probes
 from unlearn_core.data.texts import BUILTIN_TEXTS, TextSet, load_texts, texts_from_bytes
 from unlearn_core.errors import UnlearnError
+from unlearn_core.experiments.attack_report import attack_table
+from unlearn_core.experiments.attacks import HOOK_OFF_NOTE, AttackConfig, attack_selections
 from unlearn_core.experiments.compare import (
     BASELINE,
     CONTROLS,
@@ -380,6 +382,37 @@ if run_col.button("Run generations", icon=":material/play_arrow:", disabled=not 
             cells[cell_key("gen", cond, generation_key(batch[i], new_tokens, temperature, seed))] = {"text": text}
     st.rerun()
 draw_generations()
+
+# ------------------------------------------------------------------------------------------------ attacks
+st.header("Attacks: can the forgotten knowledge come back?")
+st.caption("The HP quiz's test split under baseline, the forget set and a same-size random control, asked plainly, "
+           "paraphrased without the names, after 3 true QA pairs, in French and Spanish; a linear probe on the "
+           "residual stream after the deepest edited layer; and with the hooks removed. Each row: the fraction of "
+           "the forgotten accuracy it recovers (calibrated accuracy). The same as `python -m unlearn_core attack`.")
+a1, a2 = st.columns([1, 1])
+attack_items = int(a1.number_input("Quiz questions", 10, 120, 40, step=10, key="compare_attack_items"))
+probe_texts = int(a2.number_input("Linear-probe texts per class", 10, 200, 40, step=10, key="compare_attack_texts"))
+attack_key = f"attacks|{condition_key(lm, all_conditions[1]) if len(all_conditions) > 1 else 'none'}|{attack_items}|{probe_texts}"
+run_col, stop_col = st.columns([1, 5])
+if run_col.button("Run attacks", icon=":material/play_arrow:", disabled=len(all_conditions) < 2):
+    with stop_col:
+        stop_button("stop_attacks")
+    chosen_sel = [s for s in selections if s.latents]
+    with st.spinner("Scoring the quiz variants under each condition (minutes on a CPU)…"), stoppable(stop_check()):
+        try:
+            res = attack_selections(lm, chosen_sel, ws.intervention,
+                                    AttackConfig(forget_set=fl.name, max_items=attack_items, probe_texts_per_class=probe_texts,
+                                                 seed=seed))
+            cells[attack_key] = res.to_dict()
+        except UnlearnError as exc:
+            state.flash(str(exc), "error")
+    st.rerun()
+if attack_key in cells:
+    table = attack_table(cells[attack_key])
+    st.code("\n".join(table), language=None)  # plain text: the numbers, never Markdown
+    st.caption(HOOK_OFF_NOTE)
+else:
+    st.info("Press **Run attacks** to measure recovery (the forget set must have latents).")
 
 # ------------------------------------------------------------------------------------------------ downloads
 st.header("Download")

@@ -123,6 +123,18 @@ def test_explore_tick_save_compare(real_lm, list_dir):
     numbers = [d for d in at.get("download_button") if "CSV" in str(d.proto.label)]
     assert numbers
 
+    # the attacks panel: the same attacks as `attack`, on the forget set the session holds
+    at.number_input(key="compare_attack_items").set_value(10)
+    at.number_input(key="compare_attack_texts").set_value(10)
+    run(at)
+    button(at, "Run attacks").click()
+    run(at)
+    attacks = [v for k, v in app_state(at).compare_cells.items() if k.startswith("attacks|")]
+    assert len(attacks) == 1
+    assert {r["attack"] for r in attacks[0]["rows"]} >= {"plain", "paraphrase", "k-shot", "linear-probe", "hook-off"}
+    assert attacks[0]["details"]["quiz_items"] == 10
+    assert any("recovered (ablated)" in str(c.value) for c in at.code)
+
 
 def test_explore_bad_prompts(real_lm):
     at = new_app()
