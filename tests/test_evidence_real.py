@@ -26,7 +26,8 @@ def test_evaluate_reports_every_kind_of_evidence(tmp_path):
     out, report = tmp_path / "result.json", tmp_path / "report.md"
     cmd = [sys.executable, "-m", "unlearn_core", "evaluate", "--forget-set", str(forget), "--mode", "clamp", "--value",
            "5", "--texts", "wikitext2", "hp-fanwiki", "--max-texts", "2", "--max-seq-len", "64", "--probes", str(quiz),
-           "--match-tokens", "3000", "--attack-items", "3", "--probe-texts-per-class", "4", "--familiarity-tokens", "4",
+           "--match-tokens", "3000", "--attacks", "--familiarity", "--attack-items", "3", "--probe-texts-per-class", "4",
+           "--familiarity-tokens", "4",
            "--json", str(out), "--report", str(report)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                           timeout=1200)

@@ -55,11 +55,15 @@ def add_evaluate_parser(sub: Any) -> None:
     ev.add_argument("--match-tokens", type=int, default=EvaluationConfig.match_tokens,
                     help="tokens of retain text the matched random control is matched on (select's default: its "
                          "cached statistics are reused)")
-    ev.add_argument("--no-familiarity", dest="familiarity", action="store_false",
-                    help="skip the familiarity of greedy continuations of the HP completion prompts (test split)")
+    ev.add_argument("--familiarity", dest="familiarity", action="store_true", default=None,
+                    help="also measure the familiarity of greedy continuations of the HP completion prompts (test "
+                         "split); default: on when --probes is left at its default (the full evidence run)")
+    ev.add_argument("--no-familiarity", dest="familiarity", action="store_false")
     ev.add_argument("--familiarity-tokens", type=int, default=32, help="tokens per familiarity continuation")
-    ev.add_argument("--no-attacks", dest="attacks", action="store_false",
-                    help="skip the attacks (paraphrase, 3-shot, translation, linear probe, hook-off) on hp-quiz:test")
+    ev.add_argument("--attacks", dest="attacks", action="store_true", default=None,
+                    help="also run the attacks (paraphrase, 3-shot, translation, linear probe, hook-off) on "
+                         "hp-quiz:test; default: on when --probes is left at its default (the full evidence run)")
+    ev.add_argument("--no-attacks", dest="attacks", action="store_false")
     ev.add_argument("--attack-items", type=int, help="attack only the first N test questions (default: all)")
     ev.add_argument("--probe-texts-per-class", type=int, default=200, help="linear-probe attack: texts per class")
     ev.add_argument("--json", dest="json_out", help="write the full result (with its headline numbers) here")
@@ -77,6 +81,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                         ("--probe-texts-per-class", args.probe_texts_per_class)):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be at least 1")
+    full_run = list(args.probes) == list(DEFAULT_PROBES)  # the evidence run: every kind of evidence by default
     config = EvaluationConfig(
         forget_set=args.forget_set,
         preset=args.model,
@@ -94,9 +99,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         match_tokens=args.match_tokens,
-        familiarity=args.familiarity,
+        familiarity=full_run if args.familiarity is None else args.familiarity,
         familiarity_tokens=args.familiarity_tokens,
-        attacks=args.attacks,
+        attacks=full_run if args.attacks is None else args.attacks,
         attack_items=args.attack_items,
         probe_texts_per_class=args.probe_texts_per_class,
     )

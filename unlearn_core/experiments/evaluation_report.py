@@ -107,7 +107,7 @@ def evaluation_markdown(result: dict[str, Any], command: str | None = None) -> s
     ]
     columns = {COLUMN_LABELS[name]: h[name] for name in COLUMNS if name in h}
     if columns:
-        lines += ["## Headline (against the baseline)", ""]
+        lines += ["## Headline (against baseline)", ""]
         if h.get("baseline"):
             b = h["baseline"]
             lines += ["Baseline calibrated multiple-choice accuracy: " + ", ".join(
