@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_support.state import SESSION_KEY
 from unlearn_core.cli import main
 from unlearn_core.forget_set import load_feature_list
 
@@ -44,7 +45,7 @@ def test_app_suggest_latents_then_recommended_intervention(real_lm, tmp_path, mo
     next(b for b in at.button if b.label == "Suggest latents").click()
     at.run()
     assert not at.exception, [e.message for e in at.exception]
-    fl = at.session_state["forget_set"]
+    fl = at.session_state[SESSION_KEY].forget_set
     assert [e.layer for e in fl.saes] == list(LAYERS)
     assert all(len(e.latents) == 12 for e in fl.saes)
     lat = fl.saes[0].latents[0]
@@ -104,6 +105,7 @@ def test_cli_sweep_writes_report_plot_and_best_list(real_lm, tmp_path, small_pro
                "--interventions", "clamp:4x", "--max-forget-texts", "2", "--max-retain-texts", "2",
                "--max-seq-len", "48", "--forget-probes", small_probes[0], "--retain-probes", small_probes[1],
                "--retain-ppl-budget", "1.0", "--retain-probe-budget", "1.0", "--out-dir", str(out_dir),
+               "--forget-quiz", "", "--retain-quiz", "", "--adjacent-quiz", "",  # quizzes: tests/test_selection.py
                "--write-best", str(best)])
     assert rc == 0
     result = json.loads((out_dir / "sweep.json").read_text())

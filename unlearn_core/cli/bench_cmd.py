@@ -35,11 +35,13 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.texts < 8 or args.repeats < 1 or args.drift_texts < 1:
         raise InputError("bench needs --texts >= 8, --repeats >= 1 and --drift-texts >= 1")
     check_writable(args.json_out)
+    # Each finished part is written at once (marked incomplete), so a run stopped half-way keeps its numbers.
+    partial = (lambda numbers: write_json({**numbers, "complete": False}, args.json_out)) if args.json_out else None
     result = run_benchmark(n_texts=args.texts, repeats=args.repeats, status=print_status, fast_dtype=args.fast_dtype,
-                           drift_texts=args.drift_texts, peer=args.peer)
+                           drift_texts=args.drift_texts, peer=args.peer, partial=partial)
     print(format_benchmark(result))
     if args.json_out:
-        write_json(result, args.json_out)
+        write_json({**result, "complete": True}, args.json_out)
     else:
         print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=1))
     return 0

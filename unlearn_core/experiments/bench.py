@@ -154,11 +154,9 @@ def precision_drift(
     fast_selections: Sequence[LatentSelection] | None = None,
 ) -> dict[str, float]:
     """How far the fast model's perplexities and headline ratio (ablated / baseline perplexity) are from float32's,
-    on the same texts, with ``selections`` ablated by ``intervention`` (default: zero) in both models.
-
-    Differences are signed and relative (``fast / fp32 - 1``). With ``fast_selections`` (the same latents of SAEs
-    in another dtype) the fast model's ablation is also measured with those (``*_sae_fast`` keys).
-    """
+    on the same texts, with ``selections`` ablated by ``intervention`` (default: zero) in both models. Differences
+    are signed and relative (``fast / fp32 - 1``). With ``fast_selections`` (the same latents of SAEs in another
+    dtype) the fast model's ablation is also measured with those (``*_sae_fast`` keys)."""
     intervention = intervention or Intervention()
     hooks = intervention_hooks(selections, intervention)
     out: dict[str, float] = {}
@@ -200,9 +198,6 @@ def unembed_rounding(lm_fast: LoadedModel, texts: Sequence[str], max_seq_len: in
             "ppl_rel_effect": math.expm1(float(diff.mean()))}
 
 
-# --- the run ----------------------------------------------------------------------------------------------------
-
-
 def forget_set_selections(d_model: int) -> tuple[list[LatentSelection], Intervention, str]:
     """The shipped example forget set's selections (float32 SAEs) and intervention, or random SAEs when absent."""
     from unlearn_core.errors import UnlearnError
@@ -237,9 +232,11 @@ def run_benchmark(
     fast_dtype: str = "auto",
     drift_texts: int = 6,
     peer: bool = True,
+    partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark (see module docstring) and return its numbers; ``peer=False`` skips transformers."""
-    say = status or (lambda m: print(m, file=sys.stderr, flush=True))
+    """Run the benchmark (see module docstring) and return its numbers; ``peer=False`` skips transformers.
+    ``partial(numbers so far)`` is called after each part (so a stopped run keeps what it measured)."""
+    say, save = status or (lambda m: print(m, file=sys.stderr, flush=True)), partial or (lambda numbers: None)
     load_seconds = None
     if lm is None:
         load_seconds, lm = _timed(lambda: load_model(PRESET, device="cpu", dtype="float32"))
@@ -278,7 +275,8 @@ def run_benchmark(
         "perplexity_rel_diff_fresh_loop": abs(batched_res.perplexity / fresh["perplexity"] - 1.0),
         "model_load_seconds": load_seconds,
     }
-    res.update(_precision_and_peer(lm, texts, fast_dtype, repeats, drift_texts, peer, say))
+    save(res)
+    res.update(_precision_and_peer(lm, texts, fast_dtype, repeats, drift_texts, peer, say, lambda out: save({**res, **out})))
     res["peak_rss_mb_all_models"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["settings"] = {
         "n_texts": len(texts), "repeats": repeats, "n_latents_per_sae": n_latents, "sae_layers": list(BENCH_LAYERS),
@@ -289,7 +287,7 @@ def run_benchmark(
 
 
 def _precision_and_peer(lm: LoadedModel, texts: Sequence[str], fast_dtype: str, repeats: int, drift_texts: int,
-                        peer: bool, say: Callable[[str], None]) -> dict[str, Any]:
+                        peer: bool, say: Callable[[str], None], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """The fast-precision and transformers part of :func:`run_benchmark`."""
     fast = resolve_dtype(fast_dtype, get_preset(PRESET), "cpu")
     fast_name = str(fast).removeprefix("torch.")
@@ -337,6 +335,7 @@ def _precision_and_peer(lm: LoadedModel, texts: Sequence[str], fast_dtype: str, 
         out["hf_fast_vs_fp32_ppl_speedup"] = ppl["hf float32"][0] / ppl[f"hf {fast_name}"][0]
     out["fast_vs_fp32_gen_speedup"] = gen["ours float32"][0] / gen[f"ours {fast_name}"][0]
     hf.clear()
+    save(out)
 
     say("precision drift (baseline and forget-set ablation, float32 vs fast)")
     selections, intervention, fl_name = forget_set_selections(lm.model.cfg.d_model)
@@ -346,6 +345,7 @@ def _precision_and_peer(lm: LoadedModel, texts: Sequence[str], fast_dtype: str, 
              "hp-fanwiki": precision_drift(lm, lm_fast, hp, selections, intervention, DRIFT_SEQ_LEN, fast_sel)}
     out["fast_vs_fp32_ppl_drift"] = drift["wikitext2"]["baseline_rel_diff"]
     out["precision_drift"] = drift
+    save(out)
     if fast != torch.float32:
         out["unembed_rounding"] = unembed_rounding(lm_fast, texts)
     out.update(residual_extreme(lm, max(texts, key=len)))
