@@ -74,6 +74,8 @@ class Key:
     EXPLORE_RANK = "explore_rank"
     EXPLORE_SCOPE = "explore_scope"
     EXPLORE_HIDE_DENSE = "explore_hide_dense"
+    EXPLORE_CONTRAST = "explore_contrast"
+    EXPLORE_TOKEN_PROMPT = "explore_token_prompt"
     # Forget set
     OPEN_CHOICE = "open_choice"
     DISCARD_OPEN = "discard_open"
@@ -107,6 +109,13 @@ class Key:
     STOP_GENERATIONS = "stop_gen"
     SWEEP_CHOICE = "sweep_choice"
     SWEEP_UPLOAD = "sweep_upload"
+    # Token by token (app_support/token_compare_panel.py, on the Compare page)
+    TOKENS_PROMPT = "tokens_prompt"
+    TOKENS_OWN_PROMPT = "tokens_own_prompt"
+    TOKENS_CONDITION = "tokens_condition"
+    TOKENS_NEW_TOKENS = "tokens_new_tokens"
+    TOKENS_COLOUR = "tokens_colour"
+    TOKENS_RUN = "tokens_run"
     # Suggest latents (app_support/suggest_panel.py, on the Forget set page)
     SUGGEST_FORGET = "suggest_forget"
     SUGGEST_RETAIN = "suggest_retain"
@@ -129,6 +138,23 @@ class Key:
     def explore_table(ref: str, *view: object) -> str:
         """The Explore table of one SAE; ``view`` (edit version, ranking, ...) gives a fresh table when it changes."""
         return "_".join(map(str, ("explore_table", ref, *view)))
+
+    @staticmethod
+    def explore_search(ref: str) -> str:
+        return f"explore_search_{ref}"
+
+    @staticmethod
+    def explore_search_mode(ref: str) -> str:
+        return f"explore_search_mode_{ref}"
+
+    @staticmethod
+    def explore_search_k(ref: str) -> str:
+        return f"explore_search_k_{ref}"
+
+    @staticmethod
+    def explore_search_table(ref: str, *view: object) -> str:
+        """Search results of one SAE; a new query or edit version gives a fresh table."""
+        return "_".join(map(str, ("explore_search_table", ref, *view)))
 
     @staticmethod
     def tick_all(ref: str) -> str:
@@ -265,8 +291,12 @@ class Session:
     """Bumped by every edit: widgets keyed on it (tables with checkboxes) start fresh from the list."""
     explore: ExploreRun | None = None
     """The Explore page's last result; the Forget set page shows each latent's max activation on those prompts."""
+    explore_contrast: ExploreRun | None = None
+    """The exploration of Explore's contrast prompts, when there are any."""
     compare_cells: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Compare results by cell key (kind, condition, data): switching pages or re-running reuses them."""
+    token_compare: dict[str, Any] = field(default_factory=dict)
+    """Token-by-token comparisons (:class:`unlearn_core.experiments.token_compare.TokenComparison`) by their key."""
     flashes: list[tuple[str, str]] = field(default_factory=list)
     """(kind, message) shown once at the top of the next run."""
     draft_id: str | None = None

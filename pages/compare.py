@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from app_support import shell, state, sweep_panel
+from app_support import shell, state, sweep_panel, token_compare_panel
 from app_support.jobs import stop_check
 from app_support.resources import get_sae
 from app_support.safe_text import md_escape
@@ -382,6 +382,7 @@ if run_col.button("Run generations", icon=":material/play_arrow:", disabled=not 
             cells[cell_key("gen", cond, generation_key(batch[i], new_tokens, temperature, seed))] = {"text": text}
     st.rerun()
 draw_generations()
+token_compare_panel.render_token_compare(lm, all_conditions, prompts)
 
 # ------------------------------------------------------------------------------------------------ attacks
 st.header("Attacks: can the forgotten knowledge come back?")

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app_support import shell, state, views
-from app_support.forget_ops import apply_ticks, chosen_ids
+from app_support import explore_panels, shell, state, views
+from app_support.forget_ops import chosen_ids
 from app_support.resources import get_dashboards
 from app_support.safe_text import md_escape
 from app_support.state import PERSIST, Key
 from unlearn_core.errors import UnlearnError
 from unlearn_core.explain.explore import RANKINGS, ExploreResult, explore, prepare_prompts, split_prompts, study_prompts
-
-DENSE_FREQUENCY = 0.10
+from unlearn_core.explain.ranking import DENSE_FREQUENCY, dense_latents, general_reference
 
 ws = shell.page_setup(needs_model=True)
 st.title("Explore")
 st.caption(
-    "Paste prompts (one per line). For each layer's SAE: the latents that fire most (BOS excluded), what they mean, "
-    "and where they fire. Tick **forget** to add a latent to the forget set."
+    "Paste prompts (one per line). For each layer's SAE: the latents most specific to them (firing on the prompts "
+    "but rarely on general text; BOS excluded), what they mean, and where they fire. Search any latent below the "
+    "table. Tick **forget** to add a latent to the forget set."
 )
 if ws.error:
     st.error(md_escape(ws.error))
@@ -35,6 +34,11 @@ prompts_text = left.text_area("Prompts, one per line", key=Key.EXPLORE_PROMPTS, 
 right.button("Load the study's 7 prompts", width="stretch",
              on_click=lambda: state.set_widget(Key.EXPLORE_PROMPTS, "\n".join(study_prompts())))
 right.button("Clear", on_click=lambda: state.set_widget(Key.EXPLORE_PROMPTS, ""), width="stretch")
+with st.expander("Contrast prompts (optional): rank what separates the prompts above from these"):
+    contrast_text = st.text_area("Contrast prompts, one per line", key=Key.EXPLORE_CONTRAST, height=100,
+                                 persist_state=PERSIST,
+                                 help="A latent that fires as often on these as on the prompts above is not specific "
+                                      "to them; leave empty to rank against general text only.")
 
 try:
     prepared = prepare_prompts(ws.lm, split_prompts(prompts_text))
@@ -55,12 +59,25 @@ if app.explore is None or app.explore.key != run_key:
             st.stop()
     app.explore = state.ExploreRun(run_key, computed)  # the Forget set page shows it too
 result = app.explore.result
+contrast: ExploreResult | None = None
+if split_prompts(contrast_text):
+    try:
+        contrast_prepared = prepare_prompts(ws.lm, split_prompts(contrast_text))
+        contrast_key = (*run_key[:4], contrast_prepared.token_ids)
+        if app.explore_contrast is None or app.explore_contrast.key != contrast_key:
+            app.explore_contrast = state.ExploreRun(contrast_key, explore(ws.lm, ws.saes, contrast_prepared))
+        contrast = app.explore_contrast.result
+    except UnlearnError as exc:
+        st.warning(f"Contrast prompts ignored: {md_escape(exc)}")
 
 c1, c2, c3, c4 = st.columns([1, 1.2, 1.6, 1])
 state.widget_default(Key.EXPLORE_TOP_K, 20)
 top_k = c1.slider("Top latents", 5, 100, key=Key.EXPLORE_TOP_K, persist_state=PERSIST)
 rank = c2.radio("Rank by", RANKINGS, key=Key.EXPLORE_RANK, horizontal=True, persist_state=PERSIST,
-                format_func=lambda r: {"max": "max activation", "mean": "mean activation", "frequency": "frequency"}[r])
+                format_func=lambda r: {"specific": "specificity", "max": "max activation", "mean": "mean activation",
+                                          "frequency": "frequency"}[r],
+                help="specificity: how much more often a latent fires on these prompts than on general text (and "
+                     "than on the contrast prompts, if given), as a smoothed log ratio")
 scopes = ["all prompts", *[f"prompt {i + 1}: {p[:60]}" for i, p in enumerate(prepared.prompts)]]
 if state.widget_value(Key.EXPLORE_SCOPE) not in scopes:
     state.set_widget(Key.EXPLORE_SCOPE, scopes[0])
@@ -82,60 +99,50 @@ tabs = st.tabs([f"Layer {s.layer}" for s in ws.saes])
 for tab, loaded in zip(tabs, ws.saes, strict=True):
     with tab:
         boards = get_dashboards(loaded)
-        dense = set(np.flatnonzero(boards.frequency > DENSE_FREQUENCY).tolist()) if hide_dense and boards is not None else set()
-        stats = result.top_latents(loaded.ref, k=top_k, by=rank, prompt=prompt_index, exclude=dense)
+        dense = dense_latents(boards) if hide_dense and boards is not None else set()
+        reference = general_reference(boards) if boards is not None else None
+        by = rank if (rank != "specific" or reference is not None) else "max"
+        if by != rank:
+            st.caption("No dashboard for this SAE yet, so no general-text rates: ranked by max activation.")
+        stats = result.top_latents(loaded.ref, k=top_k, by=by, prompt=prompt_index, exclude=dense,
+                                   reference=reference, contrast=contrast)
         if dense:
             st.caption(f"{len(dense)} dense latents hidden.")
         if not stats:
             st.info("No latent of this SAE fires on these tokens.")
             continue
-        explanations = views.explanation_texts(loaded, [s.latent for s in stats])
         picked = chosen_ids(family, loaded.layer)
+        latents = [s.latent for s in stats]
+        described = explore_panels.describe_columns(loaded, boards, latents)
+        explanations = dict(zip(latents, described["label"], strict=True))
         table = pd.DataFrame({
             "forget": [s.latent in picked for s in stats],
-            "latent": [s.latent for s in stats],
-            "explanation": [explanations[s.latent] for s in stats],
+            "latent": latents,
+            "score": [s.score for s in stats],
+            **described,
             "max act": [s.max_activation for s in stats],
-            "mean act": [s.mean_activation for s in stats],
             "frequency": [s.frequency for s in stats],
             "prompts": [s.n_prompts for s in stats],
             "top token": [s.top_token for s in stats],
         })
-        edited = st.data_editor(
-            table,
-            key=Key.explore_table(loaded.ref, state.version(), rank, top_k, prompt_index, hide_dense),
-            hide_index=True,
-            width="stretch",
-            disabled=[c for c in table.columns if c != "forget"] + (["forget"] if wrong_model else []),
-            column_config={
-                "forget": st.column_config.CheckboxColumn("forget", help="add to / remove from the forget set"),
-                "explanation": st.column_config.TextColumn("explanation", width="large"),
-                "max act": st.column_config.NumberColumn(format="%.2f"),
-                "mean act": st.column_config.NumberColumn(format="%.3f"),
-                "frequency": st.column_config.NumberColumn(format="percent"),
-            },
-        )
-        before = dict(zip(table["latent"], table["forget"], strict=True))
-        after = dict(zip(edited["latent"], edited["forget"], strict=True))
-        add = [lat for lat, on in after.items() if on and not before[lat]]
-        remove = [lat for lat, on in after.items() if not on and before[lat]]
-        cols = st.columns([1, 1, 3])
-        if cols[0].button("Tick all shown", key=Key.tick_all(loaded.ref), disabled=wrong_model):
-            add = [s.latent for s in stats if s.latent not in picked]
-        if add or remove:
-            by_id = {s.latent: s for s in stats}
-            notes = {
-                lat: (f"Explore: max {by_id[lat].max_activation:.3g} on {by_id[lat].top_token.strip()!r}, fires on "
-                      f"{by_id[lat].n_prompts}/{len(prepared.prompts)} prompts")
-                for lat in add
-            }
-            try:
-                added, removed = apply_ticks(family, loaded.layer, ws.preset.model_id, add, remove, notes)
-            except UnlearnError as exc:
-                st.error(md_escape(exc))
-            else:
-                state.flash(f"Layer {loaded.layer}: added {added or 'nothing'}, removed {removed or 'nothing'}.")
-                st.rerun()
+        by_id = {s.latent: s for s in stats}
+        explore_panels.tick_table(
+            ws, loaded, table, Key.explore_table(loaded.ref, state.version(), rank, top_k, prompt_index, hide_dense,
+                                                 bool(contrast)),
+            notes=lambda lat, b=by_id: (f"Explore: max {b[lat].max_activation:.3g} on {b[lat].top_token.strip()!r}, "
+                                        f"fires on {b[lat].n_prompts}/{len(prepared.prompts)} prompts"),
+            extra_config={"score": st.column_config.NumberColumn(format="%.2f", help=f"ranked by {by}"),
+                          "max act": st.column_config.NumberColumn(format="%.2f"),
+                          "frequency": st.column_config.NumberColumn(format="percent")})
+        if st.button("Tick all shown", key=Key.tick_all(loaded.ref), disabled=wrong_model):
+            explore_panels.tick_many(ws, loaded, [s.latent for s in stats if s.latent not in picked],
+                                     note="Explore: ticked with all shown")
+
+        with st.expander("Search all latents of this SAE", expanded=False):
+            explore_panels.search_panel(ws, loaded, boards)
+        if prompt_index is not None:
+            with st.expander(f"Token by token: which latents fire on each token of prompt {prompt_index + 1}"):
+                explore_panels.by_token_panel(result, loaded, prompt_index, boards, dense)
 
         st.subheader("Where a latent fires")
         options = [s.latent for s in stats]

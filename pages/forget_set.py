@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app_support import drafts, shell, state, suggest_panel, uploads, views
+from app_support import drafts, neuronpedia_panel, shell, state, suggest_panel, uploads, views
 from app_support.forget_ops import apply_ticks, save_as_target
 from app_support.resources import get_dashboards
 from app_support.safe_text import md_escape
@@ -21,6 +21,7 @@ from unlearn_core.forget_set import (
     feature_list_json,
     list_feature_lists,
     load_feature_list,
+    merge_feature_list,
     new_feature_list,
     parse_latent_ids,
     remove_latents,
@@ -190,6 +191,16 @@ with import_tab:
         export_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", fl.name).strip("_") or "forget_set"
         st.download_button("Download JSON", feature_list_json(fl).encode(), file_name=f"{export_name}.json",
                            mime="application/json")
+    from_neuronpedia = neuronpedia_panel.render_neuronpedia_lists(fl, ws.preset.model_id)
+    if from_neuronpedia is not None:
+        try:
+            added = merge_feature_list(fl, from_neuronpedia)
+        except UnlearnError as exc:
+            st.error(f"Not imported: {md_escape(exc)}. The current forget set is unchanged.")
+        else:
+            state.bump_version()
+            state.flash(f"Added {added} latent(s) from the Neuronpedia list.")
+            st.rerun()
 
 with study_tab:
     st.markdown("The reference study's exact latents (Gemma 2 2B + Gemma Scope 16k). Opening one switches the model to "

@@ -62,7 +62,7 @@ def test_explore_tick_save_compare(real_lm, list_dir):
     assert len(at.data_editor) == 3 and len(at.data_editor[2].value) == 20
     layer12 = at.data_editor[2].value
     chosen = [int(layer12["latent"][0]), int(layer12["latent"][1])]
-    assert all(str(e).startswith("auto: ") for e in layer12["explanation"])  # local dashboards explain offline SAEs
+    assert all(str(e).startswith("auto: ") for e in layer12["label"])  # local dashboards explain offline SAEs
 
     tick(at, 2, [0, 1])
     run(at)

@@ -28,5 +28,9 @@ class InputError(UnlearnError):
     """A user-supplied argument (prompt, latent id, option) is invalid."""
 
 
+class RemoteServiceError(UnlearnError):
+    """An online service (Neuronpedia) refused a request, failed, or could not be reached."""
+
+
 class Stopped(UnlearnError):
     """A long job was stopped on request (its ``should_stop`` said so), between two batches."""

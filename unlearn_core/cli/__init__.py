@@ -1,4 +1,4 @@
-"""Command line: ``python -m unlearn_core select|sweep|evaluate|bench|train-sae|sae-quality ...``.
+"""Command line: ``python -m unlearn_core explore|select|sweep|evaluate|bench|train-sae|sae-quality ...``.
 
 Thin: parse, call the library, print."""
 
@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from unlearn_core.cli.attack_cmd import add_attack_parser, run_attack
 from unlearn_core.cli.bench_cmd import add_bench_parser, run_bench
 from unlearn_core.cli.evaluate_cmd import add_evaluate_parser, run_evaluate
+from unlearn_core.cli.explore_cmd import add_explore_parser, run_explore
+from unlearn_core.cli.neuronpedia_cmd import add_np_export_parser, add_np_import_parser, run_np_export, run_np_import
 from unlearn_core.cli.selection_cmds import (
     add_plot_sweep_parser,
     add_select_parser,
@@ -24,6 +26,7 @@ from unlearn_core.errors import UnlearnError
 from unlearn_core.models.patches import keep_freed_memory
 
 COMMANDS: dict[str, tuple[Callable[..., None], Callable[[argparse.Namespace], int]]] = {
+    "explore": (add_explore_parser, run_explore),
     "evaluate": (add_evaluate_parser, run_evaluate),
     "attack": (add_attack_parser, run_attack),
     "select": (add_select_parser, run_select),
@@ -32,6 +35,8 @@ COMMANDS: dict[str, tuple[Callable[..., None], Callable[[argparse.Namespace], in
     "bench": (add_bench_parser, run_bench),
     "train-sae": (add_train_sae_parser, run_train_sae),
     "sae-quality": (add_sae_quality_parser, run_sae_quality),
+    "np-export": (add_np_export_parser, run_np_export),
+    "np-import": (add_np_import_parser, run_np_import),
 }
 """Each subcommand: the function adding its flags and the function running it (in the order of ``--help``)."""
 

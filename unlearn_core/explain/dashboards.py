@@ -108,16 +108,17 @@ class Dashboards:
                     value=float(self.context_values[i, c, focus]),
                 )
             )
+        promoted = [(self.vocab[t], float(v)) for t, v in zip(self.promoted_tokens[i], self.promoted_values[i], strict=True)]
         return LatentDashboard(
             latent=i,
             frequency=float(self.frequency[i]),
             max_activation=float(self.max_activation[i]),
             contexts=contexts,
-            promoted=[(self.vocab[t], float(v)) for t, v in zip(self.promoted_tokens[i], self.promoted_values[i], strict=True)],
+            promoted=promoted,
             suppressed=[
                 (self.vocab[t], float(v)) for t, v in zip(self.suppressed_tokens[i], self.suppressed_values[i], strict=True)
             ],
-            auto_label=auto_label(contexts),
+            auto_label=auto_label(contexts, promoted=promoted),
             corpus=str(self.meta.get("corpus", "")),
             n_tokens=int(self.meta.get("n_tokens", 0)),
             frequency_by_source=(
@@ -232,11 +233,35 @@ def bfloat16_round(values: np.ndarray) -> np.ndarray:
     return _from_bf16_bits(_bf16_bits(values))
 
 
-def auto_label(contexts: Sequence[Context], n: int = 3) -> str:
-    """An automatic label: the tokens the latent fires on most often in its top contexts (weighted by value)."""
+def _focus_word(tokens: Sequence[str], focus: int) -> str:
+    """The whole word the activating token is part of: sub-word tokens ("H" "og" "warts") are joined."""
+    def joins(token: str) -> bool:  # continues the previous token's word
+        return bool(token) and token[0].isalnum()
+
+    start, end = focus, focus + 1
+    while start > 0 and joins(tokens[start]) and tokens[start - 1].strip() and tokens[start - 1][-1].isalnum():
+        start -= 1
+    while end < len(tokens) and joins(tokens[end]) and tokens[end - 1][-1:].isalnum():
+        end += 1
+    word = "".join(tokens[start:end])
+    return _visible(word) if word.strip() else _visible(tokens[focus])
+
+
+def _is_word(token: str) -> bool:
+    stripped = token.strip()
+    return token[:1] == " " and len(stripped) >= 3 and stripped.isascii() and stripped.isalpha()
+
+
+def auto_label(contexts: Sequence[Context], n: int = 3, promoted: Sequence[tuple[str, float]] = ()) -> str:
+    """An automatic label: the words the latent fires on most often in its top contexts (weighted by value, sub-word
+    tokens joined into their word), then what it writes, when its top promoted tokens include whole words."""
     weights: Counter[str] = Counter()
     for c in contexts:
-        weights[_visible(c.tokens[c.focus])] += c.value
+        weights[_focus_word(c.tokens, c.focus)] += c.value
     if not weights:
         return AUTO_LABEL_PREFIX + "(no activations seen)"
-    return AUTO_LABEL_PREFIX + " · ".join(t for t, _ in weights.most_common(n))
+    label = AUTO_LABEL_PREFIX + " · ".join(t for t, _ in weights.most_common(n))
+    words = [t.strip() for t, _ in promoted[:5] if _is_word(t)]
+    if len(words) >= 2:
+        label += " (writes: " + ", ".join(dict.fromkeys(words[:3])) + ")"
+    return label

@@ -9,12 +9,13 @@ few hundred of thousands of latents per token), so long prompts and wide SAEs st
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 
 from unlearn_core.errors import InputError
+from unlearn_core.explain.ranking import ReferenceRates, specificity
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.saes.loading import LoadedSae
 from unlearn_core.scoring.activations import collect_activations
@@ -24,8 +25,10 @@ MAX_PROMPT_TOKENS = 1024
 MAX_PROMPTS = 100
 ENCODE_CHUNK = 4096
 
-RankBy = Literal["max", "mean", "frequency"]
-RANKINGS: tuple[RankBy, ...] = ("max", "mean", "frequency")
+RankBy = Literal["specific", "max", "mean", "frequency"]
+RANKINGS: tuple[RankBy, ...] = ("specific", "max", "mean", "frequency")
+"""``specific`` (the default): smoothed log lift over general text and any contrast prompts
+(:mod:`unlearn_core.explain.ranking`); the others rank by the raw statistic on the prompts."""
 
 STUDY_PROMPTS: tuple[tuple[str, str], ...] = (
     ("Who is Harry Potter?", "Harry Potter"),
@@ -103,6 +106,8 @@ class LatentStats:
     """The token with the highest activation."""
     top_prompt: int
     """Index of the prompt holding that token."""
+    score: float = 0.0
+    """The ranking's score (the statistic ranked by; for ``specific`` the log lift)."""
 
 
 @dataclass
@@ -156,11 +161,29 @@ class ExploreResult:
         mask = self.row_prompt[sa.rows] == prompt
         return sa.rows[mask], sa.latents[mask], sa.values[mask], len(self.tokens[prompt])
 
+    def counts(self, ref: str, prompt: int | None = None) -> tuple[torch.Tensor, int]:
+        """Per latent, the number of analysed tokens (of one prompt, or all) it fires on; and that token count."""
+        sa = self._get(ref)
+        _, latents, _, n_tokens = self._rows_of(sa, prompt)
+        return torch.bincount(latents, minlength=sa.sae.width), n_tokens
+
     def top_latents(
-        self, ref: str, k: int = 20, by: RankBy = "max", prompt: int | None = None, exclude: Collection[int] = ()
+        self,
+        ref: str,
+        k: int = 20,
+        by: RankBy = "specific",
+        prompt: int | None = None,
+        exclude: Collection[int] = (),
+        reference: ReferenceRates | None = None,
+        contrast: ExploreResult | None = None,
     ) -> list[LatentStats]:
-        """The ``k`` latents of SAE ``ref`` ranked by max activation, mean activation or firing frequency,
-        over all prompts or over one prompt; latents in ``exclude`` (e.g. dense ones) are skipped."""
+        """The ``k`` latents of SAE ``ref`` that fire on the prompts (all, or one), best first.
+
+        ``by``: ``specific`` (needs ``reference``, the general-text rates, e.g. ``ranking.general_reference`` of the
+        SAE's dashboards; ``contrast`` is an exploration of other prompts with the same SAE to rank against), or
+        ``max``/``mean``/``frequency`` of the activation on the prompts. Latents in ``exclude`` (e.g. dense ones) are
+        skipped; ties keep the lower latent id first.
+        """
         if by not in RANKINGS:
             raise InputError(f"rank by one of {list(RANKINGS)}, not {by!r}")
         if k < 1:
@@ -170,16 +193,47 @@ class ExploreResult:
         if latents.numel() == 0:
             return []
         width = sa.sae.width
-        maxes = torch.zeros(width).scatter_reduce(0, latents, values, reduce="amax", include_self=True)
-        sums = torch.zeros(width).index_add_(0, latents, values)
-        counts = torch.zeros(width).index_add_(0, latents, torch.ones_like(values))
+        counts = torch.zeros(width, dtype=torch.float64).index_add_(0, latents, torch.ones_like(values, dtype=torch.float64))
+        if by == "specific":
+            if reference is None:
+                raise InputError("ranking by specificity needs the SAE's reference rates (its dashboards)")
+            contrast_counts, contrast_tokens = contrast.counts(ref) if contrast is not None else (None, 0)
+            score = specificity(counts, n_tokens, reference, contrast_counts, contrast_tokens)
+        elif by == "max":
+            score = torch.zeros(width).scatter_reduce(0, latents, values, reduce="amax", include_self=True).double()
+        elif by == "mean":
+            score = torch.zeros(width, dtype=torch.float64).index_add_(0, latents, values.double()) / max(n_tokens, 1)
+        else:
+            score = counts / max(n_tokens, 1)
+        active = counts > 0
         if exclude:
-            counts[torch.tensor(sorted(exclude), dtype=torch.long)] = 0
-        score = {"max": maxes, "mean": sums, "frequency": counts.clone()}[by]
-        score[counts == 0] = -1.0
-        active = int((counts > 0).sum())
-        order = torch.argsort(score, descending=True, stable=True)[: min(k, active)]
-        return [self._stats(sa, int(i), rows, latents, values, n_tokens) for i in order]
+            active[torch.tensor(sorted(exclude), dtype=torch.long)] = False
+        score = torch.where(active, score, torch.full_like(score, -torch.inf))
+        order = torch.argsort(score, descending=True, stable=True)[: min(k, int(active.sum()))]
+        return [
+            replace(self._stats(sa, int(i), rows, latents, values, n_tokens), score=float(score[i])) for i in order
+        ]
+
+    def latents_by_token(
+        self, ref: str, prompt: int, k: int = 3, reference: ReferenceRates | None = None, exclude: Collection[int] = ()
+    ) -> list[tuple[str, list[tuple[int, float]]]]:
+        """For each analysed token of one prompt, its ``k`` latents as ``(latent, activation)``: the most specific
+        ones (lowest general-text rate) when ``reference`` is given, else the most strongly active."""
+        sa = self._get(ref)
+        if not 0 <= prompt < len(self.tokens):
+            raise InputError(f"prompt {prompt} does not exist; there are {len(self.tokens)} prompts")
+        start = sum(len(t) for t in self.tokens[:prompt])
+        rarity = None if reference is None else -torch.log(reference.smoothed())
+        skip = set(exclude)
+        out: list[tuple[str, list[tuple[int, float]]]] = []
+        for offset, token in enumerate(self.tokens[prompt]):
+            mine = sa.rows == start + offset
+            pairs = [(int(lat), float(v)) for lat, v in zip(sa.latents[mine], sa.values[mine], strict=True)
+                     if int(lat) not in skip]
+            key = (lambda p: (float(rarity[p[0]]), p[1])) if rarity is not None else (lambda p: p[1])
+            pairs.sort(key=key, reverse=True)
+            out.append((token, pairs[:k]))
+        return out
 
     def latent_stats(self, ref: str, latent: int, prompt: int | None = None) -> LatentStats:
         """Statistics of one latent (it may not fire at all: then everything is zero)."""

@@ -139,6 +139,11 @@ def _pretrained_directory() -> dict[str, Any]:
     return get_pretrained_saes_directory()
 
 
+def pretrained_releases() -> dict[str, Any]:
+    """sae_lens' whole pretrained-SAE directory (release name -> entry), read once per process (no download)."""
+    return _pretrained_directory()
+
+
 def release_lookup(release: str) -> Any | None:
     """sae_lens' directory entry of a pretrained release (repo id, SAE folders, Neuronpedia ids), or None."""
     return _pretrained_directory().get(release)

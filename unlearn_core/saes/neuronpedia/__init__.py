@@ -32,7 +32,8 @@ one string, ``"<modelId>/<source>"`` (e.g. ``"gemma-3-270m/12-gemmascope-2-res-1
 
 Modules: :mod:`.explanation` (the answer type, ids, parsing), :mod:`.transport` (session, retries, key
 protection, size cap), :mod:`.breaker` (the per-site circuit breaker), :mod:`.cache` (memory and disk),
-:mod:`.client` (the client).
+:mod:`.client` (the client), :mod:`.search` (explanation search, cached), :mod:`.lists` (Neuronpedia lists through
+the official ``neuronpedia`` client; imported on use), :mod:`.hosted` (which SAEs Neuronpedia hosts).
 """
 
 from unlearn_core.saes.neuronpedia.breaker import DEFAULT_COOLDOWN, MAX_COOLDOWN, reset_breakers
@@ -45,6 +46,7 @@ from unlearn_core.saes.neuronpedia.explanation import (
     api_key_from,
     neuronpedia_page_url,
 )
+from unlearn_core.saes.neuronpedia.search import SearchHit, search_explanations
 from unlearn_core.saes.neuronpedia.transport import MAX_RESPONSE_BYTES, MAX_WAIT
 
 __all__ = [
@@ -59,7 +61,9 @@ __all__ = [
     "Explanation",
     "NeuronpediaClient",
     "ProgressFn",
+    "SearchHit",
     "api_key_from",
     "neuronpedia_page_url",
     "reset_breakers",
+    "search_explanations",
 ]

@@ -1,13 +1,14 @@
 """HTTP for the Neuronpedia client: a ``requests`` session with urllib3 retries, and answers classified.
 
-* Retries are urllib3's :class:`~urllib3.util.Retry`, mounted on the session's adapters: GET only, on HTTP 429,
-  500, 502, 503 and 504, on connection errors and on read errors (timeouts, dropped connections). The last
-  answer is returned rather than raised (``raise_on_status=False``). :class:`_Backoff` keeps this client's wait
-  schedule: ``backoff * 2**n`` from the first retry, a flat ``backoff`` when nothing is listening (a refused
-  connection or an unknown host, where growing waits would not help), and ``Retry-After`` in whole or decimal
-  seconds or as an HTTP date. Every wait is capped at :data:`MAX_WAIT`, so a server cannot stall a page; an answer
-  whose ``Retry-After`` asks for longer is not retried at all (the site's circuit breaker, :mod:`.breaker`, then
-  waits that long instead, without holding a request).
+* Retries are urllib3's :class:`~urllib3.util.Retry`, mounted on the session's adapters: GET only (a session may
+  add a read-only POST such as a search), on HTTP 429, 500, 502, 503 and 504, on connection errors and on read
+  errors (timeouts, dropped connections). The last answer is returned rather than raised
+  (``raise_on_status=False``). :class:`_Backoff` keeps this client's wait schedule: ``backoff * 2**n`` from the
+  first retry, a flat ``backoff`` when nothing is listening (a refused connection or an unknown host, where growing
+  waits would not help), and ``Retry-After`` in whole or decimal seconds or as an HTTP date. Every wait is capped
+  at :data:`MAX_WAIT`, so a server cannot stall a page; an answer whose ``Retry-After`` asks for longer is not
+  retried at all (the site's circuit breaker, :mod:`.breaker`, then waits that long instead, without holding a
+  request).
 * Bodies are streamed and refused beyond a size cap (the declared ``Content-Length`` or the bytes read).
 * The API key goes only to the configured origin (:class:`KeyedSession`): it is set on each request whose URL is
   that origin, and removed from (or restored on) each redirect hop, so a redirect to another host never sees it.
@@ -20,6 +21,7 @@ import logging
 import math
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import takewhile
 from typing import Any
@@ -100,7 +102,9 @@ def same_origin(url: str, base_url: str) -> bool:
 class KeyedSession(requests.Session):
     """A session that sends an API key to one origin only, on the first request and on every redirect hop."""
 
-    def __init__(self, origin: str, api_key: str | None, retries: int, backoff: float, pool_size: int) -> None:
+    def __init__(self, origin: str, api_key: str | None, retries: int, backoff: float, pool_size: int,
+                 methods: Iterable[str] = ("GET",)) -> None:
+        """``methods`` are those urllib3 retries (GET only by default; a read-only POST such as a search may be added)."""
         super().__init__()
         self._origin = origin
         self._api_key = api_key
@@ -110,7 +114,7 @@ class KeyedSession(requests.Session):
             backoff_factor=backoff,
             backoff_max=MAX_WAIT,
             status_forcelist=RETRY_STATUSES,
-            allowed_methods=frozenset({"GET"}),
+            allowed_methods=frozenset(m.upper() for m in methods),
             respect_retry_after_header=True,
             raise_on_status=False,
         )
@@ -155,19 +159,46 @@ def get_feature(
     """GET one feature answer (urllib3 retries inside) and classify it; never raises for HTTP or network trouble.
 
     A body larger than ``max_bytes`` is refused without reading it all."""
-    started = time.monotonic()
+    payload, outcome = request_json(session, "GET", url, timeout, max_bytes)
+    if outcome.error is not None:
+        return outcome
     try:
-        response = session.get(url, headers={"Accept": "application/json"}, timeout=timeout, stream=True)
+        return Outcome(parsed=parse_feature(payload), status=200)
+    except ValueError:  # the wrong shape
+        return Outcome(error="malformed response", status=200)
+
+
+def request_json(
+    session: requests.Session,
+    method: str,
+    url: str,
+    timeout: float,
+    max_bytes: int = MAX_RESPONSE_BYTES,
+    body: Any = None,
+) -> tuple[Any, Outcome]:
+    """Send one request (``body``, if not None, as JSON; urllib3 retries inside for the session's retried methods)
+    and read a JSON answer: ``(parsed JSON, outcome)``, the JSON None unless ``outcome.error`` is None. Never
+    raises for HTTP, network or JSON trouble; a body larger than ``max_bytes`` is refused without reading it all."""
+    started = time.monotonic()
+    extra = {} if body is None else {"json": body}
+    try:
+        response = session.request(method, url, headers={"Accept": "application/json"}, timeout=timeout,
+                                   stream=True, **extra)
     except requests.exceptions.RequestException as exc:
-        return _failure(exc, timeout)
+        return None, failure_outcome(exc, timeout)
     except ValueError:  # e.g. a malformed redirect Location header
-        return Outcome(error="malformed response")
+        return None, Outcome(error="malformed response")
     with response:
         status = response.status_code
-        log.debug("GET %s -> HTTP %d (%.2f s)", url, status, time.monotonic() - started)
+        log.debug("%s %s -> HTTP %d (%.2f s)", method, url, status, time.monotonic() - started)
         if status == 200:
-            return _read_feature(response, timeout, max_bytes)
+            return _read_json(response, timeout, max_bytes)
         retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    return None, status_outcome(status, retry_after)
+
+
+def status_outcome(status: int, retry_after: float | None = None) -> Outcome:
+    """The outcome of a non-200 answer: its short human reason."""
     if status == 429:
         return Outcome(error="rate limited (HTTP 429)", status=status, retry_after=retry_after)
     if status >= 500:
@@ -181,31 +212,31 @@ def get_feature(
     return Outcome(error=f"unexpected answer (HTTP {status})", status=status)
 
 
-def _read_feature(response: requests.Response, timeout: float, max_bytes: int) -> Outcome:
-    """Read and parse a 200 answer's body, at most ``max_bytes`` of it."""
+def _read_json(response: requests.Response, timeout: float, max_bytes: int) -> tuple[Any, Outcome]:
+    """Read and decode a 200 answer's JSON body, at most ``max_bytes`` of it."""
     too_large = Outcome(error=f"response too large (over {max_bytes:,} bytes)", status=200)
     try:
         declared = int(response.headers.get("Content-Length", "0") or 0)
     except ValueError:
         declared = 0
     if declared > max_bytes:
-        return too_large
+        return None, too_large
     body = bytearray()
     try:
         for chunk in response.iter_content(_READ_CHUNK):
             body += chunk
             if len(body) > max_bytes:
-                return too_large
+                return None, too_large
     except requests.exceptions.RequestException as exc:
-        return _failure(exc, timeout)
+        return None, failure_outcome(exc, timeout)
     try:
-        return Outcome(parsed=parse_feature(json.loads(bytes(body))), status=200)
-    except ValueError:  # bad JSON, bad UTF-8 or the wrong shape
-        return Outcome(error="malformed response", status=200)
+        return json.loads(bytes(body)), Outcome(status=200)
+    except (ValueError, RecursionError):  # bad JSON or bad UTF-8
+        return None, Outcome(error="malformed response", status=200)
 
 
-
-def _failure(exc: requests.exceptions.RequestException, timeout: float) -> Outcome:
+def failure_outcome(exc: requests.exceptions.RequestException, timeout: float) -> Outcome:
+    """The outcome of a request that got no (complete) answer: timeouts, refused connections, TLS, redirects."""
     if isinstance(exc, requests.exceptions.TooManyRedirects):
         return Outcome(error=f"too many redirects (more than {MAX_REDIRECTS})")
     if isinstance(exc, requests.exceptions.SSLError):
