@@ -134,10 +134,14 @@ def search_panel(ws, loaded: LoadedSae, board: Dashboards | None) -> None:
     table = pd.DataFrame({"forget": [i in picked for i in latents], "latent": latents,
                           "score": [h.score for h in hits], "matches": [h.matches for h in hits],
                           "evidence": [h.evidence for h in hits], **describe_columns(loaded, board, latents)})
+    note = f"Explore search ({mode}): {query[:80]!r}"
     tick_table(ws, loaded, table, Key.explore_search_table(loaded.ref, state.version(), query, mode, k),
-               notes=lambda lat: f"Explore search ({mode}): {query[:80]!r}",
+               notes=lambda lat: note,
                extra_config={"score": st.column_config.NumberColumn(format="%.2f"),
                              "evidence": st.column_config.TextColumn("why it matched", width="large")})
+    if st.button("Tick all results", key=Key.explore_search_tick_all(loaded.ref),
+                 disabled=state.forget_set().model != ws.preset.model_id):
+        tick_many(ws, loaded, [i for i in latents if i not in picked], note=note)
 
 
 def run_search(ws, loaded: LoadedSae, board: Dashboards | None, query: str, mode: str, k: int) -> list[SearchHit]:

@@ -152,6 +152,10 @@ class Key:
         return f"explore_search_k_{ref}"
 
     @staticmethod
+    def explore_search_tick_all(ref: str) -> str:
+        return f"explore_search_tick_all_{ref}"
+
+    @staticmethod
     def explore_search_table(ref: str, *view: object) -> str:
         """Search results of one SAE; a new query or edit version gives a fresh table."""
         return "_".join(map(str, ("explore_search_table", ref, *view)))

@@ -181,6 +181,53 @@ def test_explore_tick_save_compare_in_chromium(server):
     assert not errors, errors
 
 
+def test_explore_search_tick_and_token_view_in_chromium(server):
+    """Search every latent for a word, tick the results into the forget set, then read the token-by-token view."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page(viewport={"width": 1440, "height": 1800})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        expect(page.get_by_text("Where a latent fires").first).to_be_visible(timeout=300_000)
+        _idle(page)
+        page.get_by_role("tab", name="Layer 12").click()
+        _idle(page)
+        page.get_by_text("Search all latents of this SAE").locator("visible=true").first.click()
+        box = page.get_by_label("Search all latents").locator("visible=true").first
+        box.fill("Quidditch")
+        box.press("Enter")
+        _idle(page)
+        expect(page.get_by_text("why it matched").locator("visible=true").first).to_be_visible(timeout=60_000)
+        _shot(page, "5_explore_search")
+        _visible_button(page, "Tick all results").click()
+        _idle(page)
+        expect(page.get_by_text("Layer 12: added [").first).to_be_visible()
+
+        page.get_by_role("link", name="Compare").click()
+        _idle(page)
+        page.get_by_text("Token by token: baseline vs ablated").first.click()
+        _idle(page)
+        new_tokens = page.get_by_label("New tokens").locator("visible=true").last
+        new_tokens.fill("12")
+        new_tokens.press("Enter")
+        _idle(page)
+        _visible_button(page, "Compare token by token").click()
+        _idle(page)
+        expect(page.get_by_text("Fell most").first).to_be_visible(timeout=300_000)
+        page.get_by_text("Token by token: baseline vs ablated").first.scroll_into_view_if_needed()
+        _shot(page, "6_token_compare")
+        browser.close()
+    assert not errors, errors
+
+
 def test_first_visit_to_a_page_url_gets_the_apps_navigation(server):
     """A fresh server whose first visitor opens /compare (Streamlit's legacy ``pages/`` mode until app.py has run)
     shows the app's three pages, not Streamlit's directory listing (app, compare, explore, forget set)."""
