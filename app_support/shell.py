@@ -29,12 +29,16 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from unlearn_core.ablation.interventions import DEFAULT_VALUES, Intervention
 from unlearn_core.errors import UnlearnError
 from unlearn_core.models.hub import hf_token_available
+from unlearn_core.models.precision import AUTO_DTYPE, auto_dtype, describe_precision
 from unlearn_core.models.presets import DEFAULT_PRESET, PRESETS
 
 from . import drafts, state
 from .resources import get_model, get_sae, model_is_loaded
 from .safe_text import md_escape
 from .state import PERSIST, Key
+
+SIDEBAR_PRECISIONS: tuple[str, ...] = ("float32", AUTO_DTYPE, "bfloat16")
+"""The sidebar's precision choices, its default first."""
 
 APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
 
@@ -72,8 +76,13 @@ def draw_sidebar() -> state.Settings:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
         ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
     device = sb.selectbox("Device", devices, key=Key.DEVICE)
-    dtype = sb.selectbox("Precision", ["float32", "bfloat16"], key=Key.DTYPE,
-                         help="float32 is exact on CPU; bfloat16 halves memory (use it for Gemma 2 2B on small GPUs).")
+    precision = sb.selectbox(
+        "Precision", list(SIDEBAR_PRECISIONS), key=Key.DTYPE,
+        format_func=lambda p, d=device: f"auto: {describe_precision(d, AUTO_DTYPE)}" if p == AUTO_DTYPE else p,
+        help="auto: bfloat16 where the hardware multiplies it natively (AMX / AVX512-BF16 CPUs, recent GPUs), else "
+             "float32 - measured drift in docs/benchmarks.md. float32 is the exact reference; bfloat16 halves memory "
+             "(use it for Gemma 2 2B on small GPUs).")
+    dtype = auto_dtype(device) if precision == AUTO_DTYPE else precision  # the concrete dtype: caches key on it
     sb.divider()
     sb.markdown("**Intervention**")
     mode = sb.selectbox("Mode", ["zero", "clamp", "scale", "replace"], key=Key.MODE, format_func=lambda m: m,
@@ -127,7 +136,6 @@ def frame() -> Iterator[state.Settings]:
 
 
 def _draw_frame() -> state.Settings:
-    state.keep_widget_state()
     return draw_sidebar()
 
 

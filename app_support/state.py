@@ -75,6 +75,7 @@ class Key:
     EXPLORE_SCOPE = "explore_scope"
     EXPLORE_HIDE_DENSE = "explore_hide_dense"
     EXPLORE_CONTRAST = "explore_contrast"
+    EXPLORE_LAYER_TAB = "explore_layer_tab"
     EXPLORE_TOKEN_PROMPT = "explore_token_prompt"
     # Forget set
     OPEN_CHOICE = "open_choice"
@@ -144,6 +145,10 @@ class Key:
         return f"explore_search_{ref}"
 
     @staticmethod
+    def explore_search_open(ref: str) -> str:
+        return f"explore_search_open_{ref}"
+
+    @staticmethod
     def explore_search_mode(ref: str) -> str:
         return f"explore_search_mode_{ref}"
 
@@ -200,21 +205,6 @@ class Key:
     @staticmethod
     def pareto_chart(*view: object) -> str:
         return "_".join(map(str, ("pareto", *view)))
-
-
-# Widgets of pages/compare.py not yet drawn with ``persist_state=PERSIST``: their values are re-stored on every run
-# (Streamlit's documented workaround) so switching pages does not reset them. Drop a key once its widget persists.
-KEPT_BY_HAND = (
-    Key.COMPARE_PROBE_ITEMS, Key.COMPARE_CONDITIONS, Key.COMPARE_TEXTS, Key.COMPARE_MAX_TEXTS, Key.COMPARE_SEQ_LEN,
-    Key.COMPARE_PROMPTS, Key.COMPARE_NEW_TOKENS, Key.COMPARE_PROBES, Key.COMPARE_TEMPERATURE, Key.COMPARE_SEED,
-)
-
-
-def keep_widget_state() -> None:
-    """Re-store the values of :data:`KEPT_BY_HAND` (the shell calls it once per run, before the page)."""
-    for key in KEPT_BY_HAND:
-        if key in st.session_state:
-            st.session_state[key] = st.session_state[key]
 
 
 def widget_value(key: str, default: Any = None) -> Any:

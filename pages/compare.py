@@ -73,7 +73,7 @@ names = [c.label for c in all_conditions]
 previous = state.widget_value(state.Key.COMPARE_CONDITIONS)
 if not isinstance(previous, list) or not set(previous) <= set(names):
     state.set_widget(state.Key.COMPARE_CONDITIONS, names)
-chosen_names = st.multiselect("Conditions", names, key="compare_conditions",
+chosen_names = st.multiselect("Conditions", names, key=state.Key.COMPARE_CONDITIONS, persist_state=state.PERSIST,
                               help="Controls: " + ", ".join(CONTROLS) + ". Reconstruction only equals the baseline when "
                                    "the error term is kept.")
 conditions = [c for c in all_conditions if c.label in chosen_names]
@@ -96,12 +96,12 @@ def stop_button(key: str) -> None:
 st.header("Perplexity")
 c1, c2, c3 = st.columns([3, 1, 1])
 state.widget_default(state.Key.COMPARE_TEXTS, ["wikitext2", "wikitext2-clean", "hp-fanwiki"])
-text_names = c1.multiselect("Built-in texts", list(BUILTIN_TEXTS), key="compare_texts",
+text_names = c1.multiselect("Built-in texts", list(BUILTIN_TEXTS), key=state.Key.COMPARE_TEXTS, persist_state=state.PERSIST,
                             help="\n".join(f"- **{k}**: {v}" for k, v in BUILTIN_TEXTS.items()))
 state.widget_default(state.Key.COMPARE_MAX_TEXTS, DEFAULT_COMPARE_TEXTS)
-max_texts = c2.number_input("Texts per set", 1, 5000, key="compare_max_texts")
+max_texts = c2.number_input("Texts per set", 1, 5000, key=state.Key.COMPARE_MAX_TEXTS, persist_state=state.PERSIST)
 state.widget_default(state.Key.COMPARE_SEQ_LEN, DEFAULT_COMPARE_SEQ_LEN)
-seq_len = c3.number_input("Tokens per text", 16, 2048, step=64, key="compare_seq_len")
+seq_len = c3.number_input("Tokens per text", 16, 2048, step=64, key=state.Key.COMPARE_SEQ_LEN, persist_state=state.PERSIST)
 uploads = st.file_uploader("Your own texts (.txt, paragraphs separated by blank lines), e.g. a book you own",
                            type=["txt", "md"], accept_multiple_files=True, key="compare_uploads")
 text_sets: list[TextSet] = [load_texts(n, int(max_texts)) for n in text_names]
@@ -211,12 +211,13 @@ if run_col.button("Run perplexity", icon=":material/play_arrow:", type="primary"
 # ------------------------------------------------------------------------------------------------ probes
 st.header("Knowledge probes")
 c1, c2 = st.columns([3, 1])
-probe_names = c1.multiselect("Built-in probe sets", knowledge_set_names(), key="compare_probes",
+probe_names = c1.multiselect("Built-in probe sets", knowledge_set_names(), key=state.Key.COMPARE_PROBES,
+                             persist_state=state.PERSIST,
                              help="Multiple-choice quizzes written for this project (HP, general knowledge, adjacent "
                                   "fiction) and the project's cloze sets, each with a dev and a test split; MUSE "
                                   "KnowMem forget QA (HP events), MUSE retain QA (HP wiki), NQ-open (general).")
 state.widget_default(state.Key.COMPARE_PROBE_ITEMS, 50)
-max_items = c2.number_input("Items per set", 5, 2000, key="compare_probe_items")
+max_items = c2.number_input("Items per set", 5, 2000, key=state.Key.COMPARE_PROBE_ITEMS, persist_state=state.PERSIST)
 probe_uploads = st.file_uploader("Your own probe files: multiple choice {\"question\",\"choices\",\"answer\": index}, "
                                  "cloze {\"prompt\",\"answer\"} or QA {\"question\",\"answer\"}; JSON list or JSONL",
                                  type=["json", "jsonl"], accept_multiple_files=True, key="probe_uploads")
@@ -299,14 +300,16 @@ b2.button("HP completion prompts (familiarity, test split)", on_click=state.set_
           help="30 prompts written for this project that invite Harry Potter content; each continuation is checked "
                "against the project's Harry Potter term list, and the share per condition is shown below.")
 prompts_text = st.text_area("Prompts, one per line (default: the study's 4 Harry Potter + 3 unrelated prompts)",
-                            key="compare_prompts", height=150)
+                            key=state.Key.COMPARE_PROMPTS, persist_state=state.PERSIST, height=150)
 c1, c2, c3 = st.columns(3)
 state.widget_default(state.Key.COMPARE_NEW_TOKENS, DEFAULT_NEW_TOKENS)
-new_tokens = int(c1.number_input("New tokens", 1, 256, key="compare_new_tokens"))
+new_tokens = int(c1.number_input("New tokens", 1, 256, key=state.Key.COMPARE_NEW_TOKENS, persist_state=state.PERSIST))
 state.widget_default(state.Key.COMPARE_TEMPERATURE, 0.0)
-temperature = float(c2.number_input("Temperature (0 = greedy)", 0.0, 2.0, step=0.1, key="compare_temperature"))
+temperature = float(c2.number_input("Temperature (0 = greedy)", 0.0, 2.0, step=0.1, key=state.Key.COMPARE_TEMPERATURE,
+                                    persist_state=state.PERSIST))
 state.widget_default(state.Key.COMPARE_SEED, 0)
-seed = int(c3.number_input("Seed (sampling, random control)", 0, 2**31 - 1, key="compare_seed"))
+seed = int(c3.number_input("Seed (sampling, random control)", 0, 2**31 - 1, key=state.Key.COMPARE_SEED,
+                           persist_state=state.PERSIST))
 prompts = split_prompts(prompts_text)
 
 

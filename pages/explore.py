@@ -14,6 +14,11 @@ from unlearn_core.errors import UnlearnError
 from unlearn_core.explain.explore import RANKINGS, ExploreResult, explore, prepare_prompts, split_prompts, study_prompts
 from unlearn_core.explain.ranking import DENSE_FREQUENCY, dense_latents, general_reference
 
+
+def _keep() -> None:
+    """Tabs and expanders track their state only with a callback; there is nothing else to do on a change."""
+
+
 ws = shell.page_setup(needs_model=True)
 st.title("Explore")
 st.caption(
@@ -95,7 +100,8 @@ if wrong_model:
     st.warning(f"The current forget set is for {fl.model}, not {ws.preset.model_id}: start a new one on the Forget set "
                "page to tick latents here.")
 
-tabs = st.tabs([f"Layer {s.layer}" for s in ws.saes])
+# keyed with a callback, so the chosen tab survives reruns (typing a search must not jump back to the first layer)
+tabs = st.tabs([f"Layer {s.layer}" for s in ws.saes], key=Key.EXPLORE_LAYER_TAB, on_change=_keep)
 for tab, loaded in zip(tabs, ws.saes, strict=True):
     with tab:
         boards = get_dashboards(loaded)
@@ -138,7 +144,7 @@ for tab, loaded in zip(tabs, ws.saes, strict=True):
             explore_panels.tick_many(ws, loaded, [s.latent for s in stats if s.latent not in picked],
                                      note="Explore: ticked with all shown")
 
-        with st.expander("Search all latents of this SAE", expanded=False):
+        with st.expander("Search all latents of this SAE", key=Key.explore_search_open(loaded.ref), on_change=_keep):
             explore_panels.search_panel(ws, loaded, boards)
         if prompt_index is not None:
             with st.expander(f"Token by token: which latents fire on each token of prompt {prompt_index + 1}"):

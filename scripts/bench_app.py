@@ -6,7 +6,7 @@ Each start is a fresh Python process running the real app (Streamlit's AppTest, 
 has rendered its latent tables for the study's 7 prompts x 3 layers on the offline default. "First ever" points
 UNLEARN_CACHE_DIR at an empty folder, so the GGUF conversion and weight caching are included. Warm Explore is the
 page re-run after the prompts change (a new forward pass, SAE encodes, rankings and explanations), the model
-already loaded. Compare: with the page's defaults (16 texts x 256 tokens per set), the time to the first number
+already loaded. Compare: with the page's defaults (DEFAULT_COMPARE_TEXTS texts x 256 tokens per set), the time to the first number
 (the first batch) and to the whole set, baseline and the bundled example forget set ablated.
 Warm search: the page re-run with a word typed in a layer's search box, and the library search alone.
 Targets: first ever <= 90 s, later starts <= 15 s (issue 4); warm Explore and warm search <= 1 s (issue 15).
@@ -122,7 +122,7 @@ def main() -> None:
         again = run_child(None)
         results["later_start_s"] = round(again["start_s"], 1)
         warm = again["warm_explore_s"]
-    results["compare_wikitext2_16x256"] = {name: {k: round(v, 1) for k, v in cell.items()}
+    results["compare_wikitext2_default"] = {name: {k: round(v, 1) for k, v in cell.items()}
                                            for name, cell in again["compare"].items()}
     results["warm_explore_s"] = [round(w, 2) for w in warm]
     results["warm_explore_median_s"] = round(statistics.median(warm), 2)
@@ -134,7 +134,7 @@ def main() -> None:
     for key, limit in targets.items():
         if key in results:
             print(f"{key:24s} {results[key]:7.2f} s   target <= {limit} s   ({results[key] / limit:.2f} of the budget)")
-    for name, cell in results["compare_wikitext2_16x256"].items():
+    for name, cell in results["compare_wikitext2_default"].items():
         print(f"compare {name:20s} first number {cell['first_number_s']:5.1f} s, whole text set {cell['cell_s']:5.1f} s")
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     if args.json:

@@ -1,10 +1,10 @@
 """How many texts the Compare page needs for a stable perplexity ratio: the spread of the ablated/baseline ratio
-against the number of texts scored, on the page's text sets, with the bundled example forget set.
+against the number of texts scored, on the page's text sets, with the shipped `select` forget set (hp-suggested, clamp -4x mean).
 
     python scripts/compare_sample_size.py [--max-texts 160] [--dtype float32] [--json docs/compare-sample-size.json]
 
-Per text, the NLL sum and token count under the baseline and under the forget set (all layers, the sidebar's
-default intervention) are computed once (256 tokens per text, the page's default). For each size n the page's
+Per text, the NLL sum and token count under the baseline and under the forget set (all layers, the list's
+recommended intervention) are computed once (256 tokens per text, the page's default). For each size n the page's
 number is the ratio on the *first* n texts; its spread is the bootstrap standard deviation of the ratio over n texts
 drawn with replacement (2,000 draws, seed 0), relative to the ratio on all texts scored. A size is "stable to 1%"
 when that relative spread is at most 1%.
@@ -19,16 +19,16 @@ import time
 import numpy as np
 import torch
 
-from unlearn_core.ablation.interventions import Intervention, LatentSelection
+from unlearn_core.ablation.interventions import Intervention
 from unlearn_core.data.texts import load_texts
 from unlearn_core.experiments.compare import DEFAULT_COMPARE_SEQ_LEN, DEFAULT_COMPARE_TEXTS, comparison_conditions
 from unlearn_core.forget_set import load_feature_list
+from unlearn_core.forget_set.selections import load_selections
 from unlearn_core.models.loading import load_model
 from unlearn_core.models.presets import REPO_ROOT
-from unlearn_core.saes.loading import load_sae
 from unlearn_core.scoring.batching import score_tokens, tokenize_with_bos
 
-EXAMPLE = REPO_ROOT / "feature_lists" / "example_gemma-3-270m-offline_harry-potter.json"
+EXAMPLE = REPO_ROOT / "feature_lists" / "example_gemma-3-270m-offline_hp-suggested.json"
 SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 160)
 
 
@@ -47,10 +47,11 @@ def main() -> None:
     args = ap.parse_args()
     lm = load_model("gemma-3-270m-offline", dtype=args.dtype)
     fl = load_feature_list(EXAMPLE)
-    selections = [LatentSelection(load_sae(e.sae, dtype=lm.dtype), tuple(e.latent_ids)) for e in fl.saes]
-    baseline, ablated = comparison_conditions(selections, Intervention(), per_layer=False, controls=())[:2]
+    selections = load_selections(fl, device=lm.device, dtype=lm.dtype)  # with each latent's reference value
+    intervention = fl.intervention or Intervention()  # the list's recommended intervention, as the page applies it
+    baseline, ablated = comparison_conditions(selections, intervention, per_layer=False, controls=())[:2]
     rng = np.random.default_rng(0)
-    report: dict = {"dtype": args.dtype, "forget_set": EXAMPLE.name, "sets": {}}
+    report: dict = {"dtype": args.dtype, "forget_set": EXAMPLE.name, "intervention": intervention.describe(), "sets": {}}
     for name in ("wikitext2", "hp-fanwiki"):
         texts = load_texts(name, args.max_texts).texts
         t = time.perf_counter()

@@ -205,8 +205,9 @@ def test_explore_search_tick_and_token_view_in_chromium(server):
         box.fill("Quidditch")
         box.press("Enter")
         _idle(page)
-        expect(page.get_by_text("why it matched").locator("visible=true").first).to_be_visible(timeout=60_000)
-        _shot(page, "5_explore_search")
+        expect(_visible_button(page, "Tick all results")).to_be_visible(timeout=60_000)  # results came back
+        _visible_button(page, "Tick all results").scroll_into_view_if_needed()
+        _shot(page, "6_explore_search")
         _visible_button(page, "Tick all results").click()
         _idle(page)
         expect(page.get_by_text("Layer 12: added [").first).to_be_visible()
@@ -223,7 +224,7 @@ def test_explore_search_tick_and_token_view_in_chromium(server):
         _idle(page)
         expect(page.get_by_text("Fell most").first).to_be_visible(timeout=300_000)
         page.get_by_text("Token by token: baseline vs ablated").first.scroll_into_view_if_needed()
-        _shot(page, "6_token_compare")
+        _shot(page, "7_token_compare")
         browser.close()
     assert not errors, errors
 

@@ -12,6 +12,7 @@ from unlearn_core.cli.common import TokenProgress, check_writable, command_strin
 from unlearn_core.experiments.attack_report import attack_markdown, attack_table
 from unlearn_core.experiments.attacks import HOOK_OFF_NOTE, AttackConfig, run_attacks
 from unlearn_core.experiments.evaluate import write_json
+from unlearn_core.models.precision import DTYPE_HELP, PRECISION_CHOICES
 from unlearn_core.models.presets import PRESETS
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS
 
@@ -60,7 +61,7 @@ def add_attack_parser(sub: Any) -> None:
     at.add_argument("--seed", type=int, default=0, help="seed of the random control, the shots and the probe texts")
     at.add_argument("--batch-tokens", type=_at_least(16), default=DEFAULT_BATCH_TOKENS, help="padded tokens per batch")
     at.add_argument("--device", help="cpu, cuda, mps (default: CUDA when present)")
-    at.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
+    at.add_argument("--dtype", choices=PRECISION_CHOICES, help=DTYPE_HELP)
     at.add_argument("--json", dest="json_out", help="write the full result (rows, settings, definitions) here")
     at.add_argument("--report", help="write a Markdown report (tables, the command, the definitions) here")
 

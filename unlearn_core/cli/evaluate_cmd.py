@@ -18,6 +18,7 @@ from unlearn_core.experiments.evaluate import (
     run_evaluation,
     write_json,
 )
+from unlearn_core.models.precision import DTYPE_HELP, PRECISION_CHOICES
 from unlearn_core.models.presets import PRESETS
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_SEQ_LEN
 
@@ -51,7 +52,7 @@ def add_evaluate_parser(sub: Any) -> None:
     ev.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, help="tokens per text, BOS included")
     ev.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per batch")
     ev.add_argument("--device", help="cpu, cuda, mps (default: CUDA when present)")
-    ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
+    ev.add_argument("--dtype", choices=PRECISION_CHOICES, help=DTYPE_HELP)
     ev.add_argument("--match-tokens", type=int, default=EvaluationConfig.match_tokens,
                     help="tokens of retain text the matched random control is matched on (select's default: its "
                          "cached statistics are reused)")

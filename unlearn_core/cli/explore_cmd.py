@@ -19,6 +19,7 @@ from typing import Any
 from unlearn_core.cli.common import check_writable, command_string, print_status
 from unlearn_core.errors import InputError
 from unlearn_core.explain.explore import RANKINGS
+from unlearn_core.models.precision import DTYPE_HELP, PRECISION_CHOICES
 from unlearn_core.models.presets import DEFAULT_PRESET, PRESETS
 
 
@@ -42,7 +43,7 @@ def add_explore_parser(sub: Any) -> None:
                     help="compute missing dashboards (minutes per SAE) instead of ranking those SAEs by max activation")
     ex.add_argument("--json", dest="json_out", help="write the ranking as JSON here")
     ex.add_argument("--device", help="cpu, cuda, mps (default: CUDA when present)")
-    ex.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
+    ex.add_argument("--dtype", choices=PRECISION_CHOICES, help=DTYPE_HELP)
 
 
 def _read_prompts(path: str) -> list[str]:

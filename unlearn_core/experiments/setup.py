@@ -20,6 +20,7 @@ from unlearn_core.errors import InputError
 from unlearn_core.forget_set import FeatureList, load_feature_list
 from unlearn_core.forget_set.selections import check_selections_fit_model, load_selections, preset_for_feature_list
 from unlearn_core.models.loading import LoadedModel, load_model
+from unlearn_core.models.precision import describe_precision
 from unlearn_core.models.presets import ModelPreset
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS
 
@@ -112,6 +113,8 @@ def run_settings(config: ForgetSetConfig, run: PreparedRun) -> dict[str, Any]:
         ],
         "device": run.lm.device,
         "dtype": str(run.lm.dtype).removeprefix("torch."),
+        "precision": describe_precision(run.lm.device, run.lm.dtype),
+        "dtype_requested": config.dtype or "default",
         "versions": versions(),
     }
 
