@@ -4,18 +4,16 @@ plus bad input on every page. Each AppTest is a separate session sharing the pro
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from apptest_helpers import APP, app_state, button, new_app, run
 from streamlit.testing.v1 import AppTest
 
-from app_support.state import SESSION_KEY, Session
 from unlearn_core.data.texts import load_texts
 from unlearn_core.forget_set import content_signature, load_feature_list
 from unlearn_core.scoring.generation import generate
 from unlearn_core.scoring.perplexity import perplexity
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
 REPO = APP.parent
 pytestmark = pytest.mark.integration
 
@@ -24,30 +22,6 @@ pytestmark = pytest.mark.integration
 def list_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("UNLEARN_FEATURE_LISTS_DIR", str(tmp_path))
     return tmp_path
-
-
-def new_app() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=600)
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
-
-
-def run(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
-
-
-def app_state(at: AppTest) -> Session:
-    """What the app keeps for the test's session (the typed state of app_support.state)."""
-    return at.session_state[SESSION_KEY]
-
-
-def button(at: AppTest, label: str):
-    matches = [b for b in at.button if b.label == label]
-    assert matches, f"no button {label!r}; have {[b.label for b in at.button]}"
-    return matches[0]
 
 
 def tick(at: AppTest, table_index: int, rows: list[int]) -> None:

@@ -93,6 +93,19 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+def _open(pw, height: int = 1800):
+    """Headless Debian Chromium with one page (a tall viewport, for full-page screenshots) and its page errors."""
+    browser = pw.chromium.launch(
+        executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync"],
+    )
+    page = browser.new_page(viewport={"width": 1440, "height": height})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return browser, page, errors
+
+
 def _visible_button(page, name: str):
     return page.get_by_role("button", name=name).locator("visible=true").first
 
@@ -102,14 +115,7 @@ def test_explore_tick_save_compare_in_chromium(server):
 
     url, list_dir = server
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )
-        page = browser.new_page(viewport={"width": 1440, "height": 1800})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        browser, page, errors = _open(pw)
         page.goto(url)
 
         # Explore opens by default on the offline model
@@ -187,14 +193,7 @@ def test_explore_search_tick_and_token_view_in_chromium(server):
 
     url, _ = server
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )
-        page = browser.new_page(viewport={"width": 1440, "height": 1800})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        browser, page, errors = _open(pw)
         page.goto(url)
         expect(page.get_by_text("Where a latent fires").first).to_be_visible(timeout=300_000)
         _idle(page)
@@ -236,14 +235,7 @@ def test_first_visit_to_a_page_url_gets_the_apps_navigation(server):
 
     url, _ = server
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )
-        page = browser.new_page(viewport={"width": 1440, "height": 1200})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        browser, page, errors = _open(pw, height=1200)
         for path, title in (("/compare", "Compare"), ("/forget_set", "Forget set")):
             page.goto(url + path)
             expect(page.get_by_role("heading", name=title, exact=True).first).to_be_visible(timeout=300_000)

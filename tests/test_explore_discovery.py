@@ -4,12 +4,10 @@ command's JSON contract, and the app's search -> tick -> forget set flow and tok
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
+from apptest_helpers import app_state, new_app, run
 
-from app_support.state import SESSION_KEY
 from unlearn_core.cli import main
 from unlearn_core.explain.dashboard_cache import find_dashboards
 from unlearn_core.explain.explore import explore
@@ -18,7 +16,6 @@ from unlearn_core.explain.search import search_contexts
 from unlearn_core.models.presets import get_preset
 from unlearn_core.saes.loading import load_sae
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
 pytestmark = pytest.mark.integration
 # Sentences written for this test (not from any corpus): the word in a context the dashboards never saw.
 FRESH = {
@@ -85,50 +82,37 @@ def test_explore_command_writes_the_contract_json(real_lm, tmp_path, capsys):
     assert main(["explore", "--layers", "99"]) == 2
 
 
-def _app() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=600)
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
-
-
-def _run(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
-
-
 def test_app_search_tick_forget_set_and_token_view(real_lm, tmp_path, monkeypatch):
     monkeypatch.setenv("UNLEARN_FEATURE_LISTS_DIR", str(tmp_path))
-    at = _app()
+    at = new_app()
     layer12 = get_preset("gemma-3-270m-offline").family().ref(12)
     table = at.data_editor[2].value
     assert {"label", "context", "HP ×", "score"} <= set(table.columns)
     assert "‹" in str(table["context"][0])  # the strongest context, activating token marked
     at.text_input(key=f"explore_search_{layer12}").set_value("Quidditch")
-    _run(at)
+    run(at)
     results = at.data_editor[3].value  # the layer-12 search results follow the three ranked tables
     assert len(results) > 0 and all("idd" in str(e).lower() or "quidditch" in str(e).lower()
                                     for e in results["evidence"][:3])
     found = int(results["latent"][0])
     editor = at.data_editor[3]
     at.session_state[editor.key] = {"edited_rows": {0: {"forget": True}}, "added_rows": [], "deleted_rows": []}
-    _run(at)
-    fl = at.session_state[SESSION_KEY].forget_set
+    run(at)
+    fl = app_state(at).forget_set
     assert [(e.layer, e.latent_ids) for e in fl.saes] == [(12, [found])]
     assert fl.saes[0].latents[0].note.startswith("Explore search")
     at.text_input(key=f"explore_search_{layer12}").set_value("Hogwarts")
     at.radio(key=f"explore_search_mode_{layer12}").set_value("fires on this text")
-    _run(at)
+    run(at)
     assert len(at.data_editor[3].value) > 0
 
     at.switch_page("pages/compare.py")
     at.session_state["compare_prompts"] = "Who is Harry Potter?"
-    _run(at)
+    run(at)
     at.number_input(key="tokens_new_tokens").set_value(6)
-    _run(at)
+    run(at)
     next(b for b in at.button if b.label == "Compare token by token").click()
-    _run(at)
-    stored = list(at.session_state[SESSION_KEY].token_compare.values())
+    run(at)
+    stored = list(app_state(at).token_compare.values())
     assert len(stored) == 1 and len(stored[0].baseline.tokens) == 6
     assert any("Fell most" in str(m.value) for m in at.markdown)

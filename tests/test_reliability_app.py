@@ -13,16 +13,14 @@ import json
 import os
 import re
 import time
-from pathlib import Path
 
 import pytest
+from apptest_helpers import APP, app_state, button, run
 from streamlit.testing.v1 import AppTest
 
 from app_support import resources
-from app_support.state import SESSION_KEY, Session
 from unlearn_core.forget_set import content_signature, load_feature_list
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
 REPO = APP.parent
 UNTRUSTED_SAE = "gemma-scope-2b-pt-res/layer_20/width_1m/average_l0_101"
 HOSTILE_NAME = "![x](http://127.0.0.1:9/track.png) [click](http://evil)"
@@ -62,22 +60,6 @@ def open_page(page: str, query: dict[str, str] | None = None) -> AppTest:
         at.query_params.update(query)
     at.switch_page(page)
     return run(at)
-
-
-def run(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
-
-
-def app_state(at: AppTest) -> Session:
-    return at.session_state[SESSION_KEY]
-
-
-def button(at: AppTest, label: str):
-    matches = [b for b in at.button if b.label == label]
-    assert matches, f"no button {label!r}; have {[b.label for b in at.button]}"
-    return matches[0]
 
 
 def list_json(name: str = "a list", sae: str = "saes/gemma-3-270m/layer_12_width_4k", layer: int = 12,
