@@ -26,6 +26,8 @@ UPLOAD = "a text file (upload)…"
 METHOD_HELP = {
     "ratio": "ratio (this tool's): p_f·ln(p_f/p_r), latents common on forget text and rare on retain text",
     "frequency": "frequency (SAEBench): drop latents firing on >= threshold of retain tokens, rank by forget rate",
+    "attribution": "attribution: latents the model uses to answer the dev HP quiz and cloze (gradient x activation), "
+                   "minus their use on the dev retain quizzes (a few minutes more)",
 }
 TOKEN_CHOICES = (20_000, 50_000, 100_000, 200_000)
 _SELECTABLE = [name for name in BUILTIN_TEXTS if selection_split(name) != name or name.endswith(("-select", "-train"))]

@@ -151,7 +151,7 @@ def test_explore_tick_save_compare_in_chromium(server):
         page.get_by_role("link", name="Compare").click()
         _idle(page)
         for label, value in (("Texts per set", "3"), ("Tokens per text", "64"), ("New tokens", "8")):
-            box = page.get_by_label(label)
+            box = page.get_by_label(label).locator("visible=true").first  # the token view has its own "New tokens"
             box.fill(value)
             box.press("Enter")
             _idle(page)

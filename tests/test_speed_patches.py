@@ -84,7 +84,10 @@ def test_load_model_applies_the_patches_only_when_switched_on(monkeypatch, tmp_p
     assert not patched.model.W_U.is_contiguous() and patched.model.W_U.T.is_contiguous()
     assert plain.model.W_U.is_contiguous() and env_off.model.W_U.is_contiguous()
     assert patched.tokenizer.padding_side == plain.tokenizer.padding_side == "right"
-    assert torch.equal(patched.model(TOKENS), plain.model(TOKENS))
+    assert patched.speed_patches and not plain.speed_patches and not env_off.speed_patches
+    assert "forward" in vars(patched.model.blocks[0].attn)  # models/fast_forward.py (tested in test_fast_forward)
+    assert "forward" not in vars(plain.model.blocks[0].attn) and "forward" not in vars(env_off.model.blocks[0].attn)
+    torch.testing.assert_close(patched.model(TOKENS), plain.model(TOKENS), rtol=0, atol=1e-5)
 
 
 # --- transposed weights -----------------------------------------------------------------------------------------

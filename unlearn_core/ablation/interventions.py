@@ -8,11 +8,15 @@ For an activation x at the SAE's hook and its latents f = encode(x), an edit f -
 Edits (``zero``, ``clamp``, ``scale``) touch only the chosen latents, so with the error term kept only those
 latents need encoding and the change is a small matrix product: the full SAE is never run. The first position
 (BOS) is left alone. Hooks exist only inside :func:`intervened`; they are removed on exit, even on error.
+
+A :class:`~unlearn_core.ablation.gating.Gate` (``Intervention.gate``) restricts the edit to the positions where the
+chosen latents' summed activation exceeds a calibrated threshold; the rest are left exactly as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from unlearn_core.ablation.gating import Gate
 from unlearn_core.errors import InputError
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.saes.loading import LoadedSae
@@ -37,7 +42,7 @@ HOOK_SITES: tuple[str, ...] = ("trained", "resid_pre")
 
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 _SPEC_RE = re.compile(rf"^(zero|replace|clamp:({_NUMBER})(x?)|scale:({_NUMBER}))$")
-_DICT_KEYS = frozenset({"mode", "value", "relative", "hook_site"})
+_DICT_KEYS = frozenset({"mode", "value", "relative", "hook_site", "gate"})
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class Intervention:
     relative: bool = False
     """clamp only: set each active latent to ``-value x`` its reference activation (``LatentSelection.reference``,
     its mean activation on the forget text) instead of ``-value`` for all."""
+    gate: Gate | None = None
+    """Edit only where the chosen latents' summed activation exceeds the gate's per-SAE threshold (None: everywhere)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -69,6 +76,8 @@ class Intervention:
             raise InputError("clamp value c must be >= 0 (active latents are set to -c)")
         if self.relative and self.mode != "clamp":
             raise InputError("only clamp can be relative (scaled to each latent's reference activation)")
+        if self.gate is not None and not isinstance(self.gate, Gate):
+            raise InputError("an intervention's gate must be a Gate")
 
     @property
     def strength(self) -> float:
@@ -79,8 +88,13 @@ class Intervention:
     @classmethod
     def from_spec(cls, spec: str) -> Intervention:
         """``zero`` | ``clamp:C`` (active latents -> -C) | ``clamp:Cx`` (-> -C x their mean activation on forget
-        text) | ``scale:S`` | ``replace`` (the study's recipe: zero, no error term, at resid_pre)."""
+        text) | ``scale:S`` | ``replace`` (the study's recipe: zero, no error term, at resid_pre); any of them
+        followed by ``@gate`` or ``@gate:Q`` is gated (uncalibrated: see :mod:`~unlearn_core.ablation.gating`)."""
         spec = spec.strip()
+        spec, at, gate_text = spec.partition("@")
+        if at:
+            base = cls.from_spec(spec)
+            return dataclasses.replace(base, gate=Gate.from_spec(gate_text.strip()))
         match = _SPEC_RE.match(spec)
         if match is None:
             raise InputError(f"cannot read intervention {spec!r}; use zero, clamp:10, clamp:4x, scale:0.5 or replace")
@@ -94,15 +108,20 @@ class Intervention:
 
     def to_spec(self) -> str:
         """The inverse of :meth:`from_spec` (the hook site is implied: ``replace`` means the study's recipe)."""
+        gate = self.gate.spec_suffix() if self.gate is not None else ""
         if self.mode == "clamp":
-            return f"clamp:{self.strength:g}{'x' if self.relative else ''}"
+            return f"clamp:{self.strength:g}{'x' if self.relative else ''}{gate}"
         if self.mode == "scale":
-            return f"scale:{self.strength:g}"
-        return self.mode
+            return f"scale:{self.strength:g}{gate}"
+        return self.mode + gate
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``"intervention"`` object of a feature list (see docs/feature-lists.md)."""
-        return {"mode": self.mode, "value": self.value, "relative": self.relative, "hook_site": self.hook_site}
+        """The ``"intervention"`` object of a feature list (see docs/feature-lists.md); ``"gate"`` only when gated."""
+        out: dict[str, Any] = {"mode": self.mode, "value": self.value, "relative": self.relative,
+                               "hook_site": self.hook_site}
+        if self.gate is not None:
+            out["gate"] = self.gate.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "intervention") -> Intervention:
@@ -118,12 +137,14 @@ class Intervention:
         relative = data.get("relative", False)
         if not isinstance(relative, bool):
             raise InputError(f"{source}: intervention 'relative' must be true or false")
+        gate = None if data.get("gate") is None else Gate.from_dict(data["gate"], source)
         try:
             return cls(
                 mode=data.get("mode", "zero"),
                 value=None if value is None else float(value),
                 relative=relative,
                 hook_site=data.get("hook_site", "trained"),
+                gate=gate,
             )
         except InputError as exc:
             raise InputError(f"{source}: {exc}") from None
@@ -147,6 +168,8 @@ class Intervention:
             text = f"scale latents by {self.strength:g}, error term kept"
         else:
             text = "REPRODUCTION ONLY: zero latents and replace activation by SAE reconstruction (no error term)"
+        if self.gate is not None:
+            text += f"; {self.gate.describe()}"
         if self.hook_site == "resid_pre":
             text += "; REPRODUCTION ONLY: hooked at resid_pre instead of the SAE's trained site"
         return text
@@ -271,6 +294,8 @@ def make_hook(
     start = 1 if protect_first_position else 0
     subset = SubsetEncoder.for_sae(sae, index) if intervention.keeps_error_term else None
     w_dec_subset = sae.W_dec[index].detach() if subset is not None else None
+    gated = intervention.gate is not None and bool(selection.latents)  # nothing chosen: no gate to ask
+    threshold = intervention.gate.threshold_for(selection.sae.hook_name) if gated else None  # type: ignore[union-attr]
 
     def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TransformerLens signature
         x = activation[:, start:]
@@ -291,14 +316,19 @@ def make_hook(
                 feats = sae.encode(x)
                 recon = sae.decode(feats)
                 edited = sae.encode(x)
-                edited[..., index] = edit_latents(edited[..., index], mode, value)
+                before = edited[..., index]
+                edited[..., index] = edit_latents(before, mode, value)
                 delta = sae.decode(edited) - recon
             new_x = x + delta.to(x.dtype)
         else:
             feats = sae.encode(x)
+            before = feats[..., index].clone()
             if index.numel():
                 feats[..., index] = edit_latents(feats[..., index], mode, value)
             new_x = sae.decode(feats).to(x.dtype)
+        if threshold is not None:
+            # the gate: edit only where the chosen latents' summed activation (before the edit) is above threshold
+            new_x = torch.where((before.sum(dim=-1) > threshold)[..., None], new_x, x)
         out = activation.clone()
         out[:, start:] = new_x
         return out

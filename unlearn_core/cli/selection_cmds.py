@@ -11,7 +11,9 @@ from unlearn_core.ablation.interventions import Intervention
 from unlearn_core.cli.common import TokenProgress, check_writable, command_string, print_status
 from unlearn_core.errors import InputError
 from unlearn_core.experiments.sweep import DEFAULT_INTERVENTIONS, DEFAULT_LAYER_SETS, DEFAULT_NS, SweepConfig
+from unlearn_core.models.precision import DTYPE_HELP, PRECISION_CHOICES
 from unlearn_core.models.presets import DEFAULT_PRESET, PRESETS
+from unlearn_core.selection.attribution import DEFAULT_LAMBDA, OBJECTIVES
 from unlearn_core.selection.rules import DEFAULT_METHOD, DEFAULT_MIN_FORGET_FREQ, DEFAULT_TOP
 from unlearn_core.selection.rules import METHODS as SELECTION_METHODS
 from unlearn_core.selection.stats import DEFAULT_STATS_TOKENS
@@ -28,7 +30,9 @@ def add_select_parser(sub: Any) -> None:
     se.add_argument("--retain", default="wikitext2", help="retain text, as --forget (default wikitext2)")
     se.add_argument("--method", choices=SELECTION_METHODS, default=DEFAULT_METHOD,
                     help="ratio (default): p_f*ln(p_f/p_r) among latents rare on retain text; frequency: SAEBench's "
-                         "rule, drop latents firing on retain text >= threshold, rank by forget firing rate")
+                         "rule, drop latents firing on retain text >= threshold, rank by forget firing rate; "
+                         "attribution: gradient x activation of the dev HP quiz/cloze answers' log-likelihood, minus "
+                         "a penalty for the dev retain quizzes' and cloze's (docs/selection.md)")
     se.add_argument("--top", type=int, default=DEFAULT_TOP, help=f"latents per SAE (default {DEFAULT_TOP})")
     se.add_argument("--retain-threshold", type=float,
                     help="drop latents firing on at least this fraction of retain tokens (default 0.001 for ratio, "
@@ -36,14 +40,17 @@ def add_select_parser(sub: Any) -> None:
     se.add_argument("--min-forget-freq", type=float, default=DEFAULT_MIN_FORGET_FREQ,
                     help="ratio rule: ignore latents firing on fewer forget tokens than this")
     se.add_argument("--stats-tokens", type=int, default=DEFAULT_STATS_TOKENS, help="tokens of each corpus")
+    _add_attribution_flags(se)
     se.add_argument("--intervention", default=None,
                     help="intervention the list recommends: zero, clamp:C, clamp:Cx (C x mean activation), "
-                         "scale:S (default: the best found, clamp:4x)")
+                         "scale:S, each optionally gated with @gate or @gate:Q (edit only where the chosen latents' "
+                         "summed activation exceeds its Q quantile on wikitext2:dev; calibrated and written into the "
+                         "list) (default: the best found, clamp:4x)")
     se.add_argument("--name", help="feature list name")
     se.add_argument("--out", required=True, help="feature-list JSON file to write")
     se.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     se.add_argument("--device", help="cpu, cuda, mps (default: CUDA when present)")
-    se.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default float32)")
+    se.add_argument("--dtype", choices=PRECISION_CHOICES, help=DTYPE_HELP)
     _add_ray_flags(se, "compute the latent statistics in N contiguous shards on N Ray workers (same result)")
 
 
@@ -58,6 +65,7 @@ def add_sweep_parser(sub: Any) -> None:
     sw.add_argument("--retain-threshold", type=float)
     sw.add_argument("--min-forget-freq", type=float, default=DEFAULT_MIN_FORGET_FREQ)
     sw.add_argument("--stats-tokens", type=int, default=DEFAULT_STATS_TOKENS)
+    _add_attribution_flags(sw)
     sw.add_argument("--ns", type=int, nargs="+", default=list(DEFAULT_NS), help="latents per SAE at each point")
     sw.add_argument("--interventions", nargs="+", default=list(DEFAULT_INTERVENTIONS),
                     help="zero, clamp:C, clamp:Cx (C x mean activation on forget text), scale:S")
@@ -81,8 +89,16 @@ def add_sweep_parser(sub: Any) -> None:
     sw.add_argument("--out-dir", required=True, help="folder for sweep.json, sweep.md, pareto.html and pareto.png")
     sw.add_argument("--write-best", help="also write the best point's forget set to this feature-list file")
     sw.add_argument("--device", help="cpu, cuda, mps (default: CUDA when present)")
-    sw.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
+    sw.add_argument("--dtype", choices=PRECISION_CHOICES, help=DTYPE_HELP)
     _add_ray_flags(sw, "measure points on N Ray workers, each with its own copy of the model (same result)")
+
+
+def _add_attribution_flags(parser: Any) -> None:
+    parser.add_argument("--attribution-lambda", type=float, default=DEFAULT_LAMBDA,
+                        help=f"--method attribution: retain penalty lambda (default {DEFAULT_LAMBDA:g})")
+    parser.add_argument("--attribution-objective", choices=OBJECTIVES, default="logprob",
+                        help="--method attribution: logprob (correct answers' log-likelihood, default) or margin "
+                             "(quiz items: correct choice minus the mean of the distractors)")
 
 
 def _add_ray_flags(parser: Any, what: str) -> None:
@@ -109,7 +125,12 @@ def _selection_setup(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
         forget=args.forget, retain=args.retain, method=args.method, top=getattr(args, "top", DEFAULT_TOP),
         retain_threshold=args.retain_threshold, min_forget_freq=args.min_forget_freq, stats_tokens=args.stats_tokens,
         intervention=Intervention.from_spec(intervention_spec) if intervention_spec else DEFAULT_INTERVENTION,
+        attribution_lambda=args.attribution_lambda, attribution_objective=args.attribution_objective,
     )
+    if not (config.attribution_lambda >= 0 and config.attribution_lambda < float("inf")):
+        raise InputError(f"--attribution-lambda must be a finite number >= 0, got {config.attribution_lambda}")
+    if config.method == "attribution" and getattr(args, "workers", None):
+        raise InputError("--method attribution runs on this process's model; leave out --workers")
     if config.top < 1 or config.stats_tokens < 1000:
         raise InputError("--top must be >= 1 and --stats-tokens >= 1000")
     if config.retain_threshold is not None and not 0 < config.retain_threshold <= 1:

@@ -41,6 +41,7 @@ from unlearn_core.experiments.setup import ForgetSetConfig, prepare_run, run_set
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS
 from unlearn_core.scoring.choices import QUIZ_TEMPLATE, ChoiceResult, accuracies, choice_loglikelihoods
+from unlearn_core.selection.gating import calibrated_conditions
 
 PLAIN = "plain"
 ATTACKS: tuple[str, ...] = ("paraphrase", "k-shot", "translation", "linear-probe", "hook-off")
@@ -315,6 +316,8 @@ def attack_selections(
     started = time.perf_counter()
     plan = plan or plan_attacks(config)
     conditions = build_conditions(ATTACK_CONDITIONS, selections, intervention, seed=config.seed)
+    if intervention.gate is not None:  # the random control's gate, calibrated on its own latents
+        conditions = calibrated_conditions(lm, conditions, config.batch_tokens)
     probe_hook = f"blocks.{max(s.sae.layer for s in selections)}.hook_resid_post" if selections else None
     probe = (plan.texts, probe_hook) if plan.texts is not None and probe_hook is not None else None
     rows, details = measure_attacks(lm, conditions, plan.variants, config.attacks, probe, config.batch_tokens, status,

@@ -40,6 +40,7 @@ from unlearn_core.experiments.results import (
 from unlearn_core.experiments.setup import ForgetSetConfig, prepare_run, resolve_intervention, run_settings
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.scoring.batching import DEFAULT_MAX_SEQ_LEN
+from unlearn_core.selection.gating import calibrated_conditions
 from unlearn_core.selection.stats import DEFAULT_STATS_TOKENS
 
 DEFAULT_TEXTS: tuple[str, ...] = ("wikitext2", "wikitext2-clean", "hp-fanwiki")
@@ -98,6 +99,8 @@ def run_evaluation(
         profiles = latent_profiles(lm, [s.sae for s in selections], config.match_corpus, config.match_tokens,
                                    config.batch_tokens)
     conditions = build_conditions(config.conditions, selections, intervention, seed=config.seed, profiles=profiles)
+    if intervention.gate is not None:  # a gated list: each random control's gate is calibrated on its own latents
+        conditions = calibrated_conditions(lm, conditions, config.batch_tokens)
     text_sets = [load_texts(t, config.max_texts) for t in config.texts]
     probe_sets = [load_knowledge_probes(p) for p in config.probes]
 

@@ -42,6 +42,7 @@ from unlearn_core.experiments.sweep_store import (
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.saes.loading import LoadedSae
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS
+from unlearn_core.selection.gating import calibrated_conditions
 from unlearn_core.selection.rules import ScoredLatent
 
 DEFAULT_NS: tuple[int, ...] = (10, 20, 40)
@@ -282,6 +283,7 @@ def run_sweep(
 
     chosen = [(p, sel) for p in points if (sel := point_selections(saes, ranked, p))]
     conds = [Condition(p.label, sel, Intervention.from_spec(p.intervention)) for p, sel in chosen]
+    conds = calibrated_conditions(lm, conds, config.batch_tokens)  # gated points (`clamp:4x@gate`): per point
     base, *point_measurements = measure([Condition("baseline"), *conds], "points")
     rows: list[dict[str, Any]] = []
     for (point, _), cond, m in zip(chosen, conds, point_measurements, strict=True):
@@ -303,6 +305,7 @@ def run_sweep(
         control_conds = [Condition("random_control", random_selections(selections, config.seed), intervention),
                          Condition("zero_ablation", selections, Intervention("zero")),
                          Condition("study_recipe", selections, Intervention("replace", hook_site="resid_pre"))]
+        control_conds = calibrated_conditions(lm, control_conds, config.batch_tokens)
         if status:
             status("controls for the best point")
         for cond, m in zip(control_conds, measure(control_conds, "controls"), strict=True):

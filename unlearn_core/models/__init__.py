@@ -3,7 +3,8 @@
 Modules: :mod:`~unlearn_core.models.presets` (plain data), :mod:`~unlearn_core.models.loading` (``load_model``,
 cache folder, devices, dtypes), :mod:`~unlearn_core.models.offline` (GGUF package -> cached fp32 checkpoint),
 :mod:`~unlearn_core.models.hub` (HF token, hub error messages), :mod:`~unlearn_core.models.patches` (speed
-patches to library internals, one switch).
+patches to library internals, one switch; with :mod:`~unlearn_core.models.fast_forward`, leaner TransformerLens
+blocks, and :mod:`~unlearn_core.models.greedy`, exact greedy tokens without the full unembedding).
 """
 
 from unlearn_core.models.hub import describe_hub_error, hf_token_available

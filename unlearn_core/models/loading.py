@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from unlearn_core.errors import ModelUnavailableError
+from unlearn_core.models.fast_forward import install_fast_forward, store_attention_weights_for_linear
 from unlearn_core.models.hub import describe_hub_error, hf_token_available
 from unlearn_core.models.offline import OFFLINE_CHECKPOINT_NAME, convert_checkpoint, load_offline
 from unlearn_core.models.patches import speed_patches_enabled, store_transposed_weights
@@ -125,6 +126,9 @@ class LoadedModel:
     device: str
     dtype: torch.dtype
     lock: FairRLock = field(default_factory=FairRLock, repr=False)
+    speed_patches: bool = True
+    """Whether computations outside the model may take the patches' faster paths too (greedy decoding's
+    :mod:`unlearn_core.models.greedy`); ``$UNLEARN_SPEED_PATCHES`` = 0 overrides it."""
 
     @property
     def tokenizer(self) -> Any:
@@ -241,10 +245,12 @@ def load_model(
     model.eval()
     if patched:
         store_transposed_weights(model)
+        store_attention_weights_for_linear(model)
+        install_fast_forward(model)
     # Batches are right-padded; with causal attention that needs no attention mask (TransformerLens would build
     # one from pad ids when the tokenizer pads on the left).
     model.tokenizer.padding_side = "right"
-    return LoadedModel(model=model, preset=preset, device=device, dtype=torch_dtype)
+    return LoadedModel(model=model, preset=preset, device=device, dtype=torch_dtype, speed_patches=patched)
 
 
 def _load_from_hub(preset: ModelPreset, device: str, dtype: torch.dtype, progress: ProgressFn | None) -> Any:

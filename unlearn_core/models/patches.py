@@ -12,6 +12,19 @@ default; ``load_model(..., speed_patches=False)`` or ``UNLEARN_SPEED_PATCHES=0``
   TransformerLens state dict, cached so later starts skip the HF -> TransformerLens conversion (~20 s).
 * :func:`keep_freed_memory` - glibc keeps freed large blocks instead of unmapping them. Process-wide, so the entry
   points (the CLI's ``main`` and ``app.py``) call it, never a library function.
+
+Two more live in their own modules, behind the same switch:
+
+* :mod:`unlearn_core.models.fast_forward` - fused, copy-free attention weights and leaner block, attention and MLP
+  forwards (the library's bits in float32; SDPA and pre-packed weights in bfloat16), every hook point still firing.
+  ``load_model`` applies it; ``uninstall_fast_forward(model)`` takes it off a model.
+* :mod:`unlearn_core.models.greedy` - greedy decoding picks the arg-max token without the full float32/bfloat16
+  unembedding (an int8 screen with a proven error bound, then the few candidates exactly); used by
+  :mod:`unlearn_core.scoring.generation` when ``LoadedModel.speed_patches`` is on (``load_model`` sets it from
+  the switch).
+
+To compare with the plain path in one process, load a second model with ``load_model(..., speed_patches=False)``
+(``scripts/gen_speed_check.py`` does).
 """
 
 from __future__ import annotations

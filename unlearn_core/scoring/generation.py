@@ -27,7 +27,9 @@ import torch
 from unlearn_core.ablation.conditions import BASELINE, Condition
 from unlearn_core.ablation.interventions import Hook, intervened
 from unlearn_core.errors import InputError
+from unlearn_core.models.greedy import greedy_tokens
 from unlearn_core.models.loading import LoadedModel
+from unlearn_core.models.patches import speed_patches_enabled
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS
 
 GenerationKey = tuple[int, str]
@@ -248,6 +250,8 @@ class _Run:
             parts.append((cache, tokens.shape[1]))
             for j in group:
                 rows[j].started = True
+        if len({t.dim() for t in logits}) > 1:  # greedy ids for some groups, full logits for others
+            logits = [t if t.dim() == 1 else t.argmax(dim=-1) for t in logits]
         with torch.inference_mode():
             return _left_padded(parts), torch.cat(logits)
 
@@ -257,18 +261,28 @@ class _Run:
         with torch.inference_mode(), intervened(self.lm, hooks) as model:
             return self._forward(model, tokens, cache)
 
-    @staticmethod
-    def _forward(model: Any, tokens: torch.Tensor, cache: Any) -> torch.Tensor:
+    def _forward(self, model: Any, tokens: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Each row's next-token logits [rows, d_vocab], or, greedy with the speed patches on, the greedy token ids
+        themselves [rows] (:func:`unlearn_core.models.greedy.greedy_tokens`: the same tokens, without the full
+        unembedding)."""
         # An explicit mask: TransformerLens would otherwise mask any generated token equal to the pad id.
         mask = torch.ones_like(tokens)
         # Blocks only, then the unembedding of the last position alone: the prompt pass would otherwise project
         # every prompt position onto the (262k-token) vocabulary.
         resid = model(tokens, past_kv_cache=cache, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
-        return _next_token_logits(model, resid[:, -1:])
+        x = model.ln_final(resid[:, -1:])[:, 0]
+        if self.temperature == 0 and speed_patches_enabled(self.lm.speed_patches):
+            chosen = greedy_tokens(model, x)
+            if chosen is not None:
+                return chosen
+        return _unembed(model, x)
 
     def _take_tokens(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
-        """Pick each row's next token; the positions (in ``rows``) of the rows still going."""
-        if self.temperature == 0:
+        """Pick each row's next token (``logits`` may already be the greedy ids); the positions (in ``rows``) of the
+        rows still going."""
+        if logits.dim() == 1:
+            chosen = logits.tolist()
+        elif self.temperature == 0:
             chosen = logits.argmax(dim=-1).tolist()
         else:
             probs = torch.softmax(logits / self.temperature, dim=-1).cpu()
@@ -335,11 +349,10 @@ def _select_rows(cache: Any, keep: list[int]) -> Any:
     return cache
 
 
-def _next_token_logits(model: Any, resid: torch.Tensor) -> torch.Tensor:
-    """Final norm, unembedding and soft-cap of one position per row ([rows, 1, d_model] -> [rows, d_vocab] fp32)."""
+def _unembed(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """Unembedding and soft-cap of one normalised position per row ([rows, d_model] -> [rows, d_vocab] fp32)."""
     from transformer_lens.utilities.activation_functions import softcap_enabled
 
-    x = model.ln_final(resid)[:, 0]
     logits = (x @ model.W_U).float()
     if bool(model.b_U.any()):
         logits = logits + model.b_U.float()

@@ -23,12 +23,15 @@ import torch
 from unlearn_core.errors import InputError
 from unlearn_core.selection.stats import LatentStats
 
-Method = Literal["frequency", "ratio"]
-METHODS: tuple[str, ...] = ("ratio", "frequency")
+Method = Literal["frequency", "ratio", "attribution"]
+METHODS: tuple[str, ...] = ("ratio", "frequency", "attribution")
+"""Every selection method ``select`` offers. ``attribution`` (:mod:`unlearn_core.selection.attribution`) needs
+model passes over knowledge items besides the statistics; the others are computed from statistics alone."""
+STATS_METHODS: tuple[str, ...] = ("ratio", "frequency")
 DEFAULT_METHOD: Method = "ratio"
 DEFAULT_TOP = 20
 """Latents per SAE."""
-DEFAULT_RETAIN_THRESHOLDS = {"frequency": 0.01, "ratio": 0.001}
+DEFAULT_RETAIN_THRESHOLDS = {"frequency": 0.01, "ratio": 0.001, "attribution": 0.01}
 """Retain firing rate at or above which a latent is never chosen (SAEBench uses 0.01 and 0.001)."""
 DEFAULT_MIN_FORGET_FREQ = 0.0005
 
@@ -73,6 +76,8 @@ def latent_scores(
     """One score per latent (higher = more worth forgetting); ``-inf`` for latents the rule excludes."""
     if method not in METHODS:
         raise InputError(f"unknown selection method {method!r}; choose one of {list(METHODS)}")
+    if method not in STATS_METHODS:
+        raise InputError(f"the {method} method needs the model, not only statistics: use selection.suggest.suggest")
     if forget.fire_count.numel() != retain.fire_count.numel():
         raise InputError("forget and retain statistics come from SAEs of different widths")
     if forget.n_tokens < 1 or retain.n_tokens < 1:

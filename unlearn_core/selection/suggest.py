@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from unlearn_core.ablation.interventions import Intervention
+from unlearn_core.ablation.interventions import Intervention, LatentSelection
 from unlearn_core.data.texts import load_texts, selection_split
 from unlearn_core.errors import InputError
 from unlearn_core.forget_set import FeatureList, Latent, SaeEntry, SelectionRecord, new_feature_list
@@ -21,9 +21,12 @@ from unlearn_core.models.loading import LoadedModel
 from unlearn_core.models.presets import ModelPreset
 from unlearn_core.saes.loading import LoadedSae, load_sae
 from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, ProgressCallback
+from unlearn_core.selection.attribution import DEFAULT_LAMBDA, FORGET_ITEMS, RETAIN_ITEMS, attribution_candidates
+from unlearn_core.selection.gating import calibrate_gate
 from unlearn_core.selection.rules import (
     DEFAULT_METHOD,
     DEFAULT_MIN_FORGET_FREQ,
+    DEFAULT_RETAIN_THRESHOLDS,
     DEFAULT_TOP,
     ScoredLatent,
     ranked_candidates,
@@ -58,6 +61,10 @@ class SelectConfig:
     stats_seq_len: int = DEFAULT_STATS_SEQ_LEN
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     intervention: Intervention = field(default_factory=lambda: DEFAULT_INTERVENTION)
+    attribution_lambda: float = DEFAULT_LAMBDA
+    """``attribution`` only: the retain penalty (score = A_forget/n - lambda * max(A_retain/n, 0))."""
+    attribution_objective: str = "logprob"
+    """``attribution`` only: ``logprob`` (the correct answers' log-probability) or ``margin`` (minus distractors')."""
 
     def corpora(self) -> tuple[str, str]:
         """The text sets statistics are computed on: the selection splits of built-ins, or the given files."""
@@ -108,6 +115,13 @@ def suggest(
     if not saes:
         raise InputError("no SAEs to select latents from")
     forget, retain = corpus_stats(lm, saes, config, progress, forget_texts, retain_texts)
+    if config.method == "attribution":
+        stage: ProgressCallback | None = None
+        if progress is not None:
+            stage = lambda done, total: progress("attribution on dev knowledge items", done, total)  # noqa: E731
+        threshold = DEFAULT_RETAIN_THRESHOLDS["attribution"] if config.retain_threshold is None else config.retain_threshold
+        return attribution_candidates(lm, saes, forget, retain, config.top, config.attribution_lambda, threshold,
+                                      config.attribution_objective, progress=stage)  # type: ignore[return-value]
     return ranked_candidates(
         forget, retain, config.top, config.method, config.retain_threshold, config.min_forget_freq, [s.ref for s in saes]
     )
@@ -127,8 +141,10 @@ def suggested_feature_list(
         lm.preset.model_id,
         description=(
             f"Suggested by the {config.method} rule on {forget_name} (forget) vs {retain_name} (retain), top "
-            f"{config.top} latents per SAE, {config.stats_tokens} tokens of each corpus. Apply with: "
-            f"{config.intervention.describe()}."
+            f"{config.top} latents per SAE, {config.stats_tokens} tokens of each corpus"
+            + (f", attribution of the dev answers of {', '.join(FORGET_ITEMS)} vs {', '.join(RETAIN_ITEMS)} "
+               f"(lambda {config.attribution_lambda:g}, {config.attribution_objective})"
+               if config.method == "attribution" else "")
         ),
     )
     for sae in saes:
@@ -146,8 +162,19 @@ def suggested_feature_list(
     settings = asdict(config)
     settings.pop("intervention")
     settings.update(forget_corpus=forget_name, retain_corpus=retain_name, preset=lm.preset.name)
+    if config.method == "attribution":
+        settings.update(attribution_forget_items=list(FORGET_ITEMS), attribution_retain_items=list(RETAIN_ITEMS))
+    else:  # the attribution settings mean nothing for the other rules: keep their records as they were
+        settings.pop("attribution_lambda")
+        settings.pop("attribution_objective")
     fl.selection = SelectionRecord.from_dict(settings)
-    fl.intervention = config.intervention
+    intervention = config.intervention
+    if intervention.gate is not None and not intervention.gate.calibrated:
+        # a gated intervention is calibrated for exactly these latents (on dev retain text)
+        sels = [LatentSelection(s, tuple(c.id for c in chosen[s.ref])) for s in saes if chosen.get(s.ref)]
+        intervention = calibrate_gate(lm, sels, intervention)
+    fl.description += f". Apply with: {intervention.describe()}."
+    fl.intervention = intervention
     return fl
 
 
