@@ -9,17 +9,16 @@ import math
 
 import pytest
 import torch
-from tiny_models import tiny_sae
+from tiny_models import logits, resid_at, tiny_sae
 
 from unlearn_core.ablation.conditions import Condition
 from unlearn_core.ablation.gating import DEFAULT_GATE_QUANTILE, Gate
-from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervened, intervention_hooks
+from unlearn_core.ablation.interventions import Intervention, LatentSelection, intervention_hooks
 from unlearn_core.errors import InputError
 from unlearn_core.forget_set import FeatureList, SaeEntry, new_feature_list
 from unlearn_core.forget_set.schema import Latent
 from unlearn_core.selection.gating import GateCalibrator, calibrate_gate, calibrated_conditions, check_dev_corpus
 
-TOKENS = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46, 47], [1, 50, 60, 70, 80, 90, 100, 110, 120]])
 TEXTS = ["the quick brown fox jumps over the lazy dog", "a stitch in time saves nine", "hello world, again"]
 EDITS = [Intervention("zero"), Intervention("clamp", 3.0), Intervention("scale", 0.25),
          Intervention("clamp", 2.0, relative=True)]
@@ -29,20 +28,6 @@ def gated(intervention: Intervention, thresholds: dict[str, float]) -> Intervent
     return dataclasses.replace(intervention, gate=Gate().with_thresholds(thresholds))
 
 
-def logits(lm, hooks=()):
-    with intervened(lm, hooks) as model:
-        return model(TOKENS)
-
-
-def resid_at(lm, hook_name, hooks=()):
-    seen = {}
-
-    def grab(act, hook):
-        seen["x"] = act.clone()
-
-    with intervened(lm, [*hooks, (hook_name, grab)]) as model:
-        model(TOKENS)
-    return seen["x"]
 
 
 def selections():

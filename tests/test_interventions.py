@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from tiny_models import make_tiny_model, tiny_sae
+from tiny_models import TOKENS, logits, make_tiny_model, resid_at, tiny_sae
 
 from unlearn_core.ablation.interventions import (
     Intervention,
@@ -17,25 +17,6 @@ from unlearn_core.ablation.interventions import (
     intervention_hooks,
 )
 from unlearn_core.errors import InputError
-
-TOKENS = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46, 47], [1, 50, 60, 70, 80, 90, 100, 110, 120]])
-
-
-def logits(lm, hooks=()):
-    with intervened(lm, hooks) as model:
-        return model(TOKENS)
-
-
-def resid_at(lm, hook_name, hooks=()):
-    """The activation at ``hook_name`` as the rest of the model sees it (after any edit there)."""
-    seen = {}
-
-    def grab(act, hook):
-        seen["x"] = act.clone()
-
-    with intervened(lm, [*hooks, (hook_name, grab)]) as model:
-        model(TOKENS)
-    return seen["x"]
 
 
 def test_empty_forget_set_with_error_term_reproduces_unhooked_model(tiny_lm):

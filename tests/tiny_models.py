@@ -73,3 +73,29 @@ def tiny_sae(layer: int = 1, d_sae: int = 96, seed: int = 0, site: str = "hook_r
         loaded.sae.threshold.fill_(0.05)
         loaded.sae.W_dec.mul_(4.0)
     return loaded
+
+
+TOKENS = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46, 47], [1, 50, 60, 70, 80, 90, 100, 110, 120]])
+"""Two BOS-first sequences the intervention tests run."""
+
+
+def logits(lm: LoadedModel, hooks: Any = (), tokens: torch.Tensor = TOKENS) -> torch.Tensor:
+    """The model's logits on ``tokens`` with ``hooks`` on."""
+    from unlearn_core.ablation.interventions import intervened
+
+    with intervened(lm, hooks) as model:
+        return model(tokens)
+
+
+def resid_at(lm: LoadedModel, hook_name: str, hooks: Any = (), tokens: torch.Tensor = TOKENS) -> torch.Tensor:
+    """The activation at ``hook_name`` as the rest of the model sees it (after any edit there)."""
+    from unlearn_core.ablation.interventions import intervened
+
+    seen = {}
+
+    def grab(act: torch.Tensor, hook: Any) -> None:
+        seen["x"] = act.clone()
+
+    with intervened(lm, [*hooks, (hook_name, grab)]) as model:
+        model(tokens)
+    return seen["x"]
