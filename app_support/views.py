@@ -9,6 +9,7 @@ import streamlit as st
 
 from unlearn_core.errors import UnlearnError
 from unlearn_core.explain.dashboards import LatentDashboard
+from unlearn_core.explain.labels import latent_labels
 from unlearn_core.saes.loading import LoadedSae
 from unlearn_core.saes.neuronpedia import Explanation
 
@@ -41,22 +42,14 @@ def highlighted_tokens(tokens: Sequence[str], values: Sequence[float], scale: fl
 
 
 def explanation_texts(loaded: LoadedSae, ids: Iterable[int]) -> dict[int, str]:
-    """One line per latent: Neuronpedia's explanation for SAEs it hosts, else the local dashboard's automatic label.
-
-    Never raises for network problems: a failed lookup reads "explanation unavailable (reason)".
-    """
-    ids = list(dict.fromkeys(int(i) for i in ids))
-    if not ids:
-        return {}
-    if loaded.neuronpedia:
-        found = _fetch_explanations(loaded.neuronpedia, ids)
-        if isinstance(found, str):
-            return {i: f"explanation unavailable ({found})" for i in ids}
-        return {i: found[i].text() for i in ids}
-    boards = get_dashboards(loaded)
-    if boards is None:
-        return {i: "no local dashboard yet (compute it on the latent's detail panel)" for i in ids}
-    return {i: boards.latent(i).auto_label for i in ids}
+    """One line per latent (:func:`unlearn_core.explain.labels.latent_labels`), with the app's shared Neuronpedia
+    client (its cache and circuit breaker) and the shared dashboards."""
+    board = None if loaded.neuronpedia else get_dashboards(loaded)
+    try:
+        client = neuronpedia_client() if loaded.neuronpedia else None
+    except UnlearnError as exc:  # e.g. a bad NEURONPEDIA_API_URL: reported per latent, not raised
+        return {int(i): f"explanation unavailable ({exc})" for i in ids}
+    return latent_labels(loaded, board, ids, client=client)
 
 
 def _fetch_explanations(neuronpedia_id: str, ids: list[int]) -> dict[int, Explanation] | str:

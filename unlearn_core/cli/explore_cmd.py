@@ -60,6 +60,7 @@ def _read_prompts(path: str) -> list[str]:
 def run_explore(args: argparse.Namespace) -> int:
     from unlearn_core.explain.dashboard_cache import dashboards_for, find_dashboards
     from unlearn_core.explain.explore import explore, prepare_prompts, study_prompts
+    from unlearn_core.explain.labels import latent_labels
     from unlearn_core.explain.ranking import dense_latents, general_reference, source_ratio
     from unlearn_core.files import write_json_atomic
     from unlearn_core.models.loading import load_model
@@ -100,7 +101,7 @@ def run_explore(args: argparse.Namespace) -> int:
             out["notes"][str(loaded.layer)] = "no dashboards (no general-text rates): ranked by max activation"
         exclude = set() if (args.show_dense or board is None) else dense_latents(board)
         stats = result.top_latents(loaded.ref, k=args.top, by=by, exclude=exclude, reference=reference, contrast=contrast)
-        labels = _labels(loaded, board, [s.latent for s in stats])
+        labels = latent_labels(loaded, board, [s.latent for s in stats], missing="(no dashboard)")
         rows = []
         for s in stats:
             ratio = source_ratio(board, s.latent) if board is not None else None
@@ -118,24 +119,6 @@ def run_explore(args: argparse.Namespace) -> int:
         write_json_atomic(Path(args.json_out), out)
         print(f"wrote {args.json_out}")
     return 0
-
-
-def _labels(loaded: Any, board: Any, latents: list[int]) -> dict[int, str]:
-    """Neuronpedia's explanations for SAEs it hosts (an unreachable site gives a reason per latent), else the
-    dashboards' automatic labels."""
-    if loaded.neuronpedia:
-        from unlearn_core.errors import UnlearnError
-        from unlearn_core.saes.neuronpedia import NeuronpediaClient
-
-        try:
-            with NeuronpediaClient() as client:
-                found = client.explanations(loaded.neuronpedia, latents)
-            return {i: found[i].text() for i in latents}
-        except UnlearnError as exc:
-            return {i: f"explanation unavailable ({exc})" for i in latents}
-    if board is None:
-        return {i: "(no dashboard)" for i in latents}
-    return {i: board.latent(i).auto_label for i in latents}
 
 
 def _print_layer(loaded: Any, by: str, rows: list[dict[str, Any]], n_dense: int, note: str | None) -> None:
