@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 import streamlit as st
+import torch
 
 from app_support import state
 from app_support.jobs import stop_check
@@ -86,6 +87,10 @@ def _panel(lm: LoadedModel, conditions: Sequence[Condition], prompts: Sequence[s
                                        should_stop=stop_check())
         except UnlearnError as exc:
             st.error(md_escape(exc))
+            return
+        except (MemoryError, torch.OutOfMemoryError):
+            st.error("Out of memory while generating: try fewer new tokens or a shorter prompt. The forget set is "
+                     "unchanged.")
             return
         results[key] = found
         while len(results) > KEPT_RESULTS:

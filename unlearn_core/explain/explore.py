@@ -225,12 +225,12 @@ class ExploreResult:
         start = sum(len(t) for t in self.tokens[:prompt])
         rarity = None if reference is None else -torch.log(reference.smoothed())
         skip = set(exclude)
+        key = (lambda p: (float(rarity[p[0]]), p[1])) if rarity is not None else (lambda p: p[1])
         out: list[tuple[str, list[tuple[int, float]]]] = []
         for offset, token in enumerate(self.tokens[prompt]):
             mine = sa.rows == start + offset
             pairs = [(int(lat), float(v)) for lat, v in zip(sa.latents[mine], sa.values[mine], strict=True)
                      if int(lat) not in skip]
-            key = (lambda p: (float(rarity[p[0]]), p[1])) if rarity is not None else (lambda p: p[1])
             pairs.sort(key=key, reverse=True)
             out.append((token, pairs[:k]))
         return out
