@@ -22,6 +22,8 @@ from unlearn_core.saes.loading import LoadedSae
 from unlearn_core.saes.neuronpedia import search_explanations
 from unlearn_core.saes.neuronpedia.explanation import neuronpedia_page_url
 
+TEXT_SEARCH_CACHE = 16
+"""Searches by pasted text a session keeps (oldest dropped first)."""
 SEARCH_MODES = ("fires on a word or phrase", "label or explanation", "fires on this text", "promotes a token")
 
 
@@ -147,11 +149,17 @@ def search_panel(ws, loaded: LoadedSae, board: Dashboards | None) -> None:
 def run_search(ws, loaded: LoadedSae, board: Dashboards | None, query: str, mode: str, k: int) -> list[SearchHit]:
     """The hits of one search mode (see :data:`SEARCH_MODES`)."""
     if mode == "fires on this text":
-        found: ExploreResult = explore(ws.lm, [loaded], [query])
-        reference = general_reference(board) if board is not None else None
-        stats = found.top_latents(loaded.ref, k=k, by="specific" if reference else "max", reference=reference)
-        return [SearchHit(s.latent, s.score, round(s.frequency * len(found.tokens[0])),
-                          f"max {s.max_activation:.3g} on {s.top_token!r}") for s in stats]
+        cache = state.session().text_search
+        key = (ws.preset.name, ws.device, ws.dtype, loaded.ref, query, k, board is not None)
+        if key not in cache:
+            found: ExploreResult = explore(ws.lm, [loaded], [query])
+            reference = general_reference(board) if board is not None else None
+            stats = found.top_latents(loaded.ref, k=k, by="specific" if reference else "max", reference=reference)
+            if len(cache) >= TEXT_SEARCH_CACHE:
+                cache.pop(next(iter(cache)))
+            cache[key] = [SearchHit(s.latent, s.score, round(s.frequency * len(found.tokens[0])),
+                                    f"max {s.max_activation:.3g} on {s.top_token!r}") for s in stats]
+        return cache[key]
     if mode == "label or explanation":
         if loaded.neuronpedia:  # Neuronpedia's own search over its explanations (cached, with the client's limits)
             model_id = loaded.neuronpedia.split("/", 1)[0]

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import re
 
+import torch
+
+from unlearn_core.errors import UnlearnError
+
 # Backslash-escaped everywhere: code, emphasis, links/images, HTML and autolinks (<...>), headings, tables,
 # strikethrough, math, Streamlit directives and shortcodes (:red[...], :material/x:), entities and e-mail autolinks.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]<>#|~$:!&@])")
@@ -43,3 +47,15 @@ def _join(match: re.Match[str]) -> str:
 def md_error(prefix: str, exc: BaseException | str, suffix: str = "") -> str:
     """App-written Markdown ``prefix`` and ``suffix`` around a message that may quote foreign text (escaped)."""
     return f"{prefix}{md_escape(exc)}{suffix}"
+
+
+RUN_FAILURES: tuple[type[BaseException], ...] = (UnlearnError, MemoryError, torch.OutOfMemoryError)
+"""What a long computation on a page reports as a message instead of a traceback: bad input or settings, and running
+out of memory (RAM or GPU)."""
+
+
+def failure_message(exc: BaseException, advice: str = "try fewer or shorter texts") -> str:
+    """A one-line Markdown-safe message for one of :data:`RUN_FAILURES` (out of memory gets ``advice``)."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return f"Out of memory: {advice}. Results so far are kept; the forget set is unchanged."
+    return md_escape(exc)

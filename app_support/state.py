@@ -291,6 +291,8 @@ class Session:
     """Compare results by cell key (kind, condition, data): switching pages or re-running reuses them."""
     token_compare: dict[str, Any] = field(default_factory=dict)
     """Token-by-token comparisons (:class:`unlearn_core.experiments.token_compare.TokenComparison`) by their key."""
+    text_search: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    """Explore's "fires on this text" hits by (model, SAE, precision, text, k): a rerun does not run the model again."""
     flashes: list[tuple[str, str]] = field(default_factory=list)
     """(kind, message) shown once at the top of the next run."""
     draft_id: str | None = None

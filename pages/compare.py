@@ -13,7 +13,7 @@ import streamlit as st
 from app_support import shell, state, sweep_panel, token_compare_panel
 from app_support.jobs import stop_check
 from app_support.resources import get_sae
-from app_support.safe_text import md_escape
+from app_support.safe_text import RUN_FAILURES, failure_message, md_escape
 from app_support.uploads import decoded
 from unlearn_core.data.familiarity import familiar_terms, familiarity_prompts
 from unlearn_core.data.probes import ProbeSet
@@ -200,8 +200,9 @@ if run_col.button("Run perplexity", icon=":material/play_arrow:", type="primary"
                 for partial in perplexity_cell(lm, cond, ts, max_seq_len=int(seq_len), batch_tokens=1024):
                     cells[key] = {"value": partial.perplexity, "n": partial.n_tokens, "complete": False}
                     draw_perplexity()
-        except UnlearnError as exc:
-            state.flash(f"{md_escape(ts.name)}: {md_escape(exc)}", "error")  # shown after the rerun below
+        except RUN_FAILURES as exc:
+            state.flash(f"{md_escape(ts.name)}: {failure_message(exc, 'try fewer texts or fewer tokens per text')}",
+                        "error")  # shown after the rerun below
             break
         cells[key]["complete"] = True
         draw_perplexity()
@@ -284,8 +285,8 @@ if run_col.button("Run probes", icon=":material/play_arrow:", disabled=not probe
         try:
             with stoppable(should_stop):  # probe and quiz scores ask it before every batch
                 cells[key] = knowledge_cell(lm, cond, ps)
-        except UnlearnError as exc:
-            state.flash(f"{md_escape(ps.name)}: {md_escape(exc)}", "error")
+        except RUN_FAILURES as exc:
+            state.flash(f"{md_escape(ps.name)}: {failure_message(exc, 'try fewer items')}", "error")
             break
         draw_probes()
     st.rerun()
@@ -377,8 +378,8 @@ if run_col.button("Run generations", icon=":material/play_arrow:", disabled=not 
         try:
             texts = generate_batch(lm, batch, conditions, new_tokens, temperature, seed, on_step=on_step,
                                    should_stop=should_stop)  # asked before every decode step
-        except UnlearnError as exc:
-            state.flash(md_escape(exc), "error")
+        except RUN_FAILURES as exc:
+            state.flash(failure_message(exc, "try fewer prompts or fewer new tokens"), "error")
             break
         for (i, name), text in texts.items():
             cond = next(c for c in conditions if c.name == name)
@@ -408,8 +409,8 @@ if run_col.button("Run attacks", icon=":material/play_arrow:", disabled=len(all_
                                     AttackConfig(forget_set=fl.name, max_items=attack_items, probe_texts_per_class=probe_texts,
                                                  seed=seed))
             cells[attack_key] = res.to_dict()
-        except UnlearnError as exc:
-            state.flash(str(exc), "error")
+        except RUN_FAILURES as exc:
+            state.flash(failure_message(exc, "try fewer attack items or probe texts"), "error")
     st.rerun()
 if attack_key in cells:
     table = attack_table(cells[attack_key])

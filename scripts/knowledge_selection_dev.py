@@ -77,6 +77,10 @@ def main() -> int:
     ap.add_argument("--max-seq-len", type=int, default=128)
     ap.add_argument("--retain-threshold", type=float, default=DEFAULT_RETAIN_THRESHOLDS["attribution"],
                     help="attribution: drop latents firing on at least this fraction of retain tokens")
+    ap.add_argument("--ratio-conditions", nargs="*", default=[], metavar="N:SPEC",
+                    help="more conditions on the ratio rule's latents: N per layer under intervention SPEC, e.g. "
+                         "20:clamp:4x@gate 40:clamp:8x@gate:0.999 (gates calibrated on wikitext2:dev)")
+    ap.add_argument("--no-attribution", action="store_true", help="skip the attribution conditions")
     ap.add_argument("--json", help="write every row here (after each condition, so a stopped run keeps its rows)")
     ap.add_argument("--reuse", help="a --json file of an earlier run: rows measuring the very same condition (same "
                                     "latents, intervention with its thresholds, and text limits) are taken from it")
@@ -91,20 +95,24 @@ def run(lm, saes, args, t0: float, config: SelectConfig | None = None) -> int:
     config = config or SelectConfig()
     status("firing statistics (cached on disk after the first run)")
     forget_stats, retain_stats = corpus_stats(lm, saes, config)
-    ratio = ranked_candidates(forget_stats, retain_stats, args.default_top, "ratio", config.retain_threshold,
+    ratio_sizes = [args.default_top, *(int(c.split(":", 1)[0]) for c in args.ratio_conditions)]
+    ratio = ranked_candidates(forget_stats, retain_stats, max(ratio_sizes), "ratio", config.retain_threshold,
                               config.min_forget_freq, [s.ref for s in saes])
 
     quizzes = {k: halves_quiz(load_quiz(v)) for k, v in QUIZZES.items()}
     clozes = {k: halves_probes(load_probes(v)) for k, v in CLOZES.items()}
-    status("attribution on the even halves of the dev knowledge sets")
+    attr: dict = {}
     t_attr = time.perf_counter()
-    forget_items = [quiz_items(lm, quizzes["hp"][0], args.objective), cloze_items(lm, clozes["hp"][0])]
-    retain_items = [quiz_items(lm, quizzes["general"][0], args.objective),
-                    quiz_items(lm, quizzes["adjacent"][0], args.objective), cloze_items(lm, clozes["general"][0])]
-    forget_attr = latent_attributions(lm, saes, forget_items)
-    retain_attr = latent_attributions(lm, saes, retain_items)
-    attr = {s.ref: rank_by_attribution(forget_attr[s.ref], retain_attr[s.ref], forget_stats[s.ref], retain_stats[s.ref],
-                                       max(args.sizes), args.lam, args.retain_threshold) for s in saes}
+    if not args.no_attribution:
+        status("attribution on the even halves of the dev knowledge sets")
+        forget_items = [quiz_items(lm, quizzes["hp"][0], args.objective), cloze_items(lm, clozes["hp"][0])]
+        retain_items = [quiz_items(lm, quizzes["general"][0], args.objective),
+                        quiz_items(lm, quizzes["adjacent"][0], args.objective), cloze_items(lm, clozes["general"][0])]
+        forget_attr = latent_attributions(lm, saes, forget_items)
+        retain_attr = latent_attributions(lm, saes, retain_items)
+        attr = {s.ref: rank_by_attribution(forget_attr[s.ref], retain_attr[s.ref], forget_stats[s.ref],
+                                           retain_stats[s.ref], max(args.sizes), args.lam, args.retain_threshold)
+                for s in saes}
     attr_seconds = time.perf_counter() - t_attr
     status(f"attribution took {attr_seconds:.0f} s")
 
@@ -115,7 +123,11 @@ def run(lm, saes, args, t0: float, config: SelectConfig | None = None) -> int:
     clamp = Intervention("clamp", 4.0, relative=True)
     gated = Intervention("clamp", 4.0, relative=True, gate=Gate(quantile=args.quantile, tokens=args.gate_tokens))
     conds = [Condition("baseline"), Condition(f"ratio-{args.default_top}", selections(ratio, args.default_top), clamp)]
-    for n in args.sizes:
+    for spec in args.ratio_conditions:
+        n, intervention = spec.split(":", 1)
+        conds.append(Condition(f"ratio-{n} {intervention}", selections(ratio, int(n)),
+                               Intervention.from_spec(intervention)))
+    for n in ([] if args.no_attribution else args.sizes):
         conds.append(Condition(f"attr-{n}", selections(attr, n), clamp))
         if not args.no_gate:
             conds.append(Condition(f"attr-{n}@gate", selections(attr, n), gated))
@@ -133,7 +145,7 @@ def run(lm, saes, args, t0: float, config: SelectConfig | None = None) -> int:
         if not args.json:
             return
         out = {"rows": rows, "args": vars(args), "attribution_seconds": round(attr_seconds, 1),
-               "latents": {"ratio": {r: [c.id for c in v] for r, v in ratio.items()},
+               "latents": {"ratio": {r: [c.id for c in v[: args.default_top]] for r, v in ratio.items()},
                            "attribution": {r: [[c.id, c.forget_attribution, c.retain_attribution] for c in v]
                                            for r, v in attr.items()}},
                "seconds": round(time.perf_counter() - t0, 1), "command": " ".join(sys.argv), "table": report}

@@ -1,5 +1,9 @@
 """What every AppTest of the app needs: open it, re-run it (failing on any exception), its typed session state, a
-button by label."""
+button by label.
+
+The app's sidebar defaults to the ``auto`` precision (bfloat16 on this project's AMX machines); sessions opened here
+pin float32, the exact reference, since the tests compare the app's numbers with the library's float32 ones (and
+share the float32 model the ``real_lm`` fixture loads). ``open_app(precision=None)`` keeps the app's default."""
 
 from __future__ import annotations
 
@@ -7,14 +11,25 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from app_support.state import SESSION_KEY, Session
+from app_support.state import SESSION_KEY, Key, Session
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
 
-def new_app(timeout: float = 600) -> AppTest:
+EXACT_PRECISION = "float32"
+
+
+def open_app(timeout: float = 600, precision: str | None = EXACT_PRECISION) -> AppTest:
+    """A new browser session on the app, not run yet, with the sidebar's precision set (None: the app's default)."""
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    if precision is not None:
+        at.session_state[Key.DTYPE] = precision
+    return at
+
+
+def new_app(timeout: float = 600, precision: str | None = EXACT_PRECISION) -> AppTest:
     """A new browser session on the app's first page, run once."""
-    return run(AppTest.from_file(str(APP), default_timeout=timeout))
+    return run(open_app(timeout, precision))
 
 
 def run(at: AppTest) -> AppTest:

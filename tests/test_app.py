@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from unlearn_core.data.texts import load_texts
 from unlearn_core.forget_set import content_signature, load_feature_list
+from unlearn_core.models.precision import AUTO_DTYPE, auto_dtype, describe_precision
 from unlearn_core.scoring.generation import generate
 from unlearn_core.scoring.perplexity import perplexity
 
@@ -185,6 +186,16 @@ def test_open_new_and_the_study_lists(real_lm, list_dir):
     at.switch_page("pages/explore.py")
     run(at)  # Gemma 2 2B needs a token: a clear message, no crash
     assert any("HF_TOKEN" in e.value or "token" in e.value for e in at.error)
+
+
+def test_the_sidebar_defaults_to_auto_precision():
+    """A new session runs in ``auto`` (bfloat16 where native), shown as what it means here; the other tests pin
+    float32 (apptest_helpers)."""
+    at = new_app(precision=None)
+    picker = at.selectbox(key="dtype")
+    assert picker.value == AUTO_DTYPE and picker.options[0].startswith("auto: ")
+    assert describe_precision("cpu") in picker.options[0]
+    assert app_state(at).settings.dtype == auto_dtype("cpu")
 
 
 def test_sidebar_intervention_reaches_the_pages(real_lm):

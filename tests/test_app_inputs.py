@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from apptest_helpers import open_app
 from streamlit.testing.v1 import AppTest
 
 from tests.standins.fake_neuronpedia import FakeNeuronpedia, Reply, feature
@@ -72,7 +73,7 @@ def test_neuronpedia_rate_limited_and_malformed(monkeypatch, tmp_path):
 
 @pytest.mark.integration
 def test_compare_rejects_bad_uploads_and_keeps_going(real_lm):
-    at = AppTest.from_file(str(APP), default_timeout=600)
+    at = open_app(600)
     at.run()
     at.switch_page("pages/compare.py")
     at.run()

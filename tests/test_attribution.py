@@ -94,6 +94,29 @@ def test_attribution_predicts_zero_ablation_to_first_order(tiny_lm, saes, items,
     assert base - objective(tiny_lm, items, tiny_edit) == pytest.approx(0.01 * float(attr[smallest]), rel=0.05, abs=1e-4)
 
 
+def _scaled_hook(sae, eps, part):
+    """Non-BOS positions with the SAE's error term (``part="error"``) or the whole activation scaled by 1 + eps."""
+    def hook(activation, hook):
+        x = activation[:, 1:]
+        moved = x - sae.sae.decode(sae.sae.encode(x)) if part == "error" else x
+        return torch.cat([activation[:, :1], x + eps * moved], dim=1)
+    return [(sae.hook_name, hook)]
+
+
+def test_error_term_attribution_is_the_derivative_of_scaling_the_error(tiny_lm, saes, items, totals):
+    """The error term's attribution is d/da L(e -> a e) at a = 1, and latents + b_dec + error add up to scaling the
+    whole activation (x = (decode(f) - b_dec) + b_dec + e)."""
+    eps = 0.05
+    for sae in saes:
+        t = totals[sae.ref]
+        for part, expected in (("error", t.error_attribution),
+                               ("all", float(t.attribution.sum()) + t.bias_attribution + t.error_attribution)):
+            numeric = (objective(tiny_lm, items, _scaled_hook(sae, eps, part))
+                       - objective(tiny_lm, items, _scaled_hook(sae, -eps, part))) / (2 * eps)
+            assert expected == pytest.approx(numeric, rel=2e-2, abs=2e-3), (sae.ref, part)
+        assert t.error_attribution != 0.0
+
+
 def test_upstream_attribution_counts_paths_through_later_saes(tiny_lm, saes, items, totals):
     """A later SAE spliced in (error term kept) is the identity, gradient included: layer 0's attributions are the
     same with or without the layer-2 SAE."""

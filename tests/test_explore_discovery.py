@@ -8,6 +8,7 @@ import json
 import pytest
 from apptest_helpers import app_state, new_app, run
 
+from app_support import explore_panels
 from unlearn_core.cli import main
 from unlearn_core.explain.dashboard_cache import find_dashboards
 from unlearn_core.explain.explore import explore
@@ -105,6 +106,11 @@ def test_app_search_tick_forget_set_and_token_view(real_lm, tmp_path, monkeypatc
     at.radio(key=f"explore_search_mode_{layer12}").set_value("fires on this text")
     run(at)
     assert len(at.data_editor[3].value) > 0
+    forwards = []
+    real_explore = explore_panels.explore
+    monkeypatch.setattr(explore_panels, "explore", lambda *a, **k: forwards.append(a) or real_explore(*a, **k))
+    run(at)  # a rerun shows the same hits without running the model again
+    assert forwards == [] and len(at.data_editor[3].value) > 0
 
     at.switch_page("pages/compare.py")
     at.session_state["compare_prompts"] = "Who is Harry Potter?"

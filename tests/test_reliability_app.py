@@ -15,7 +15,7 @@ import re
 import time
 
 import pytest
-from apptest_helpers import APP, app_state, button, run
+from apptest_helpers import APP, app_state, button, open_app, run
 from streamlit.testing.v1 import AppTest
 
 from app_support import resources
@@ -55,7 +55,7 @@ def tiny_app(env, tiny_lm, monkeypatch):
 
 def open_page(page: str, query: dict[str, str] | None = None) -> AppTest:
     """A new browser session whose first request is ``page`` (as a visitor opening its URL)."""
-    at = AppTest.from_file(str(APP), default_timeout=120)
+    at = open_app(120)
     if query:
         at.query_params.update(query)
     at.switch_page(page)
@@ -442,3 +442,27 @@ def test_compare_jobs_are_stoppable_within_a_batch(tiny_app, monkeypatch):
     button(at, "Run generations").click()
     run(at)
     assert gen_stops == [True]
+
+
+def test_compare_reports_running_out_of_memory_and_keeps_going(tiny_app, monkeypatch):
+    """Out of memory in a Compare job (perplexity here) is a message on the page, not a traceback; the page stays
+    usable and the next job runs."""
+    import torch
+
+    import unlearn_core.experiments.compare as compare
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        yield  # a generator, like the real perplexity_cell
+
+    monkeypatch.setattr(compare, "perplexity_cell", no_memory)
+    at = open_page("pages/compare.py")
+    at.session_state["compare_texts"] = ["hp-fanwiki"]
+    at.session_state["compare_max_texts"] = 2
+    at.session_state["compare_seq_len"] = 16
+    run(at)
+    button(at, "Run perplexity").click()
+    run(at)
+    errors = messages(at, "error")
+    assert "Out of memory: try fewer texts or fewer tokens per text" in errors and "20.00 GiB" not in errors
+    assert button(at, "Run perplexity")  # still there: nothing crashed

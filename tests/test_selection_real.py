@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
+from apptest_helpers import open_app
 
 from app_support.state import SESSION_KEY
 from unlearn_core.cli import main
@@ -35,7 +35,7 @@ def small_probes(tmp_path):
 
 def test_app_suggest_latents_then_recommended_intervention(real_lm, tmp_path, monkeypatch):
     monkeypatch.setenv("UNLEARN_FEATURE_LISTS_DIR", str(tmp_path))
-    at = AppTest.from_file(str(APP), default_timeout=900)
+    at = open_app(900)
     at.run()
     at.switch_page("pages/forget_set.py")
     at.run()

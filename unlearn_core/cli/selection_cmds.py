@@ -183,7 +183,7 @@ def run_select(args: argparse.Namespace) -> int:
         top = entry.latents[0].stats
         print(f"{entry.sae}: {len(entry.latents)} latents (best fires on {top.forget_freq:.2%} of forget vs "
               f"{top.retain_freq:.3%} of retain tokens)")
-    print(f"wrote {path} ({fl.total_latents} latents; apply with: {config.intervention.describe()})")
+    print(f"wrote {path} ({fl.total_latents} latents; apply with: {fl.intervention.describe()})")
     return 0
 
 

@@ -105,7 +105,7 @@ def run_sae_quality(args: argparse.Namespace) -> int:
     folders = [Path(p) for p in args.saes] if args.saes else shipped_sae_folders()
     if not folders:
         raise InputError("no shipped SAEs found; give --saes FOLDER ...")
-    lm = load_model("gemma-3-270m-offline", progress=print_status)
+    lm = load_model("gemma-3-270m-offline", dtype="float32", progress=print_status)
     rows = measure_and_record(lm, folders, args.quality_tokens, args.ce_tokens, print_status, write=args.write)
     print(quality_table(rows))
     return 0

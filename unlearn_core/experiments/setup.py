@@ -114,7 +114,7 @@ def run_settings(config: ForgetSetConfig, run: PreparedRun) -> dict[str, Any]:
         "device": run.lm.device,
         "dtype": str(run.lm.dtype).removeprefix("torch."),
         "precision": describe_precision(run.lm.device, run.lm.dtype),
-        "dtype_requested": config.dtype or "default",
+        "dtype_requested": config.dtype or f"{run.preset.default_dtype} (default)",
         "versions": versions(),
     }
 

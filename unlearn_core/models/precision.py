@@ -30,7 +30,8 @@ AUTO_DTYPE = "auto"
 """The dtype name that means: bfloat16 where it is native, else float32."""
 PRECISION_CHOICES: tuple[str, ...] = (AUTO_DTYPE, "float32", "bfloat16", "float16")
 """What a precision picker (app sidebar, CLI ``--dtype``) can offer; every one is accepted by ``load_model``."""
-DTYPE_HELP = "model dtype; auto: bfloat16 where native (AMX, AVX512-BF16, CUDA), else float32 (default float32)"
+DTYPE_HELP = ("model dtype; auto (the default): bfloat16 where native (AMX, AVX512-BF16, CUDA), else float32; "
+              "float32 is the exact reference")
 
 CPU_BF16_FLAGS: tuple[tuple[str, str], ...] = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("bf16", "Arm BF16"))
 """``/proc/cpuinfo`` flags that mean native bf16 matrix arithmetic, best first, with the name shown to users."""

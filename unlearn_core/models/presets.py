@@ -68,7 +68,9 @@ class ModelPreset:
     sae_families: tuple[SaeFamily, ...]
     default_layers: tuple[int, ...]
     needs_hf_token: bool = False
-    default_dtype: str = "float32"
+    default_dtype: str = "auto"
+    """``load_model``'s dtype when none is given: ``auto`` is bfloat16 where the hardware has native bf16, else
+    float32 (:mod:`unlearn_core.models.precision`)."""
     n_layers: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
 

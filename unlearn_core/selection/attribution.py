@@ -143,6 +143,11 @@ class AttributionTotals:
     n_items: int
     objective: float = 0.0
     """The objective L itself (summed weighted log-probability), for checks."""
+    error_attribution: float = 0.0
+    """``sum_pos e . dL/dx'`` for the SAE's error term e = x - decode(f): the first-order change of L when the error
+    term is removed (what no latent of this dictionary can edit). With ``attribution.sum()`` (all latents) and
+    ``bias_attribution`` (b_dec) it adds up to ``x . dL/dx'`` at the hook."""
+    bias_attribution: float = 0.0
 
     @property
     def per_item(self) -> torch.Tensor:
@@ -163,14 +168,18 @@ def _frozen(*modules: Any) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _splice_hook(sae: LoadedSae, leaves: dict[str, torch.Tensor]) -> Any:
-    """Splice ``sae`` in with its error term kept: x' = x + decode(f) - decode(f).detach(), f a leaf (BOS untouched)."""
+def _splice_hook(sae: LoadedSae, leaves: dict[str, torch.Tensor], errors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """Splice ``sae`` in with its error term kept: x' = x + decode(f) - decode(f).detach(), f a leaf (BOS untouched).
+
+    The residual stream after the splice is also a leaf-like tensor whose gradient is dL/dx' (``errors[ref]`` holds
+    it with the error term e = x - decode(f)), so the error term's attribution is e . dL/dx'."""
     model_sae = sae.sae
 
     def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001 - TransformerLens signature
         x = activation[:, 1:]
         with torch.no_grad():
             f = model_sae.encode(x.detach().to(model_sae.dtype))
+            error = (x.detach() - model_sae.decode(f).to(x.dtype)).detach()
         f = f.detach().requires_grad_(True)
         leaves[sae.ref] = f
         if _is_plain_affine(model_sae):
@@ -178,7 +187,9 @@ def _splice_hook(sae: LoadedSae, leaves: dict[str, torch.Tensor]) -> Any:
         else:
             recon = model_sae.decode(f)
             moved = recon - recon.detach()
-        return torch.cat([activation[:, :1], x + moved.to(x.dtype)], dim=1)
+        probe = torch.zeros_like(x, requires_grad=True)  # dL/d(probe) = dL/dx'
+        errors[sae.ref] = (probe, error)
+        return torch.cat([activation[:, :1], x + moved.to(x.dtype) + probe], dim=1)
 
     return hook
 
@@ -208,19 +219,27 @@ def latent_attributions(
         check_stop(should_stop)
         tokens, positions, batch_lengths = right_padded(lm, [seqs[i].tokens for i in batch], range(len(batch)))
         leaves: dict[str, torch.Tensor] = {}
-        hooks = [(s.hook_name, _splice_hook(s, leaves)) for s in saes]
+        errors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        hooks = [(s.hook_name, _splice_hook(s, leaves, errors)) for s in saes]
         with intervened(lm, hooks) as model, _frozen(model, *(s.sae for s in saes)), torch.enable_grad():
             resid = model(tokens.to(lm.device), stop_at_layer=model.cfg.n_layers)
             objective = _answer_objective(model, resid, tokens.to(lm.device), [seqs[i] for i in batch], batch_lengths)
-            grads = torch.autograd.grad(objective, [leaves[s.ref] for s in saes], allow_unused=True)
+            wrt = [leaves[s.ref] for s in saes] + [errors[s.ref][0] for s in saes]
+            grads = torch.autograd.grad(objective, wrt, allow_unused=True)
         real = (positions[:, 1:] < batch_lengths[:, None]).to(lm.device)  # non-BOS, non-padding positions
-        for sae, grad in zip(saes, grads, strict=True):
+        for sae, grad, resid_grad in zip(saes, grads[: len(saes)], grads[len(saes):], strict=True):
             f = leaves[sae.ref].detach()
             if grad is None:  # the SAE's latents cannot reach the answers (nothing downstream of them is scored)
                 grad = torch.zeros_like(f)
             contrib = (f * grad).double() * real[..., None]
             totals[sae.ref].attribution += contrib.sum(dim=(0, 1)).cpu()
             totals[sae.ref].fire_count += ((f > 0) & real[..., None]).sum(dim=(0, 1)).cpu()
+            if resid_grad is not None:
+                g = resid_grad.double() * real[..., None]
+                totals[sae.ref].error_attribution += float((errors[sae.ref][1].double() * g).sum())
+                b_dec = getattr(sae.sae, "b_dec", None)
+                if b_dec is not None:
+                    totals[sae.ref].bias_attribution += float((g.sum(dim=(0, 1)) * b_dec.detach().double()).sum())
         for t in totals.values():
             t.objective += float(objective.detach())
         done += sum(lengths[i] for i in batch)

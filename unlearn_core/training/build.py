@@ -78,7 +78,7 @@ def build_saes(config: SaeBuildConfig, status: Status = print, lm: LoadedModel |
     """Train (or resume) and ship one SAE per layer of ``config``; the shipped folders."""
     if not config.layers:
         raise InputError("no layers given")
-    lm = lm or load_model(config.preset, progress=status)
+    lm = lm or load_model(config.preset, dtype="float32", progress=status)  # SAEs train on float32 activations
     n_layers = int(lm.model.cfg.n_layers)
     bad = [layer for layer in config.layers if not 0 <= layer < n_layers]
     if bad:
