@@ -26,6 +26,7 @@ import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from unlearn_core.ablation.gating import DEFAULT_GATE_CORPUS, DEFAULT_GATE_QUANTILE, Gate
 from unlearn_core.ablation.interventions import DEFAULT_VALUES, Intervention
 from unlearn_core.errors import UnlearnError
 from unlearn_core.models.hub import hf_token_available
@@ -102,13 +103,25 @@ def draw_sidebar() -> state.Settings:
                                help="Set each active latent to -c times its mean activation on forget text (lists "
                                     "from Suggest latents / `select` carry it). Activations differ by 30x between "
                                     "layers, so one absolute c cannot fit them all.")
+    gate = None
+    if mode in ("zero", "clamp", "scale"):
+        if sb.checkbox("Gate: only on-topic positions", key=Key.GATE, persist_state=PERSIST,
+                       help="Edit only where the forget set's latents, summed per SAE, exceed what they reach on "
+                            f"general text: the chosen quantile of that sum on {DEFAULT_GATE_CORPUS} (calibrated for "
+                            "the current forget set when Compare runs). Lists from `select --intervention "
+                            "clamp:4x@gate` carry it."):
+            state.widget_default(Key.GATE_QUANTILE, DEFAULT_GATE_QUANTILE)
+            quantile = sb.number_input("gate quantile", min_value=0.5, max_value=0.9999, step=0.005, format="%.4f",
+                                       key=Key.GATE_QUANTILE, persist_state=PERSIST)
+            gate = Gate(quantile=float(quantile))
     site = sb.selectbox("Hook site", ["trained", "resid_pre"], key=Key.HOOK_SITE,
                         format_func=lambda s: "SAE's trained site (correct)" if s == "trained" else "resid_pre (study's bug)")
     sb.caption(MODE_HELP[mode])
     if mode == "replace" or site == "resid_pre":
         sb.warning("Reproduction setting: results are labelled REPRODUCTION ONLY.")
     settings = state.Settings(preset=preset, family_name=family.name, layers=sorted(layers), device=device, dtype=dtype,
-                              intervention=Intervention(mode=mode, value=value, hook_site=site, relative=relative))
+                              intervention=Intervention(mode=mode, value=value, hook_site=site, relative=relative,
+                                                            gate=gate))
     state.session().settings = settings
     fl = state.forget_set(preset.model_id)
     sb.divider()

@@ -67,6 +67,8 @@ class Key:
     DTYPE = "dtype"
     MODE = "mode"
     CLAMP_RELATIVE = "clamp_relative"
+    GATE = "gate"
+    GATE_QUANTILE = "gate_quantile"
     HOOK_SITE = "hook_site"
     # Explore
     EXPLORE_PROMPTS = "explore_prompts"
@@ -289,6 +291,8 @@ class Session:
     """The exploration of Explore's contrast prompts, when there are any."""
     compare_cells: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Compare results by cell key (kind, condition, data): switching pages or re-running reuses them."""
+    gated_conditions: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    """Compare's conditions with their gates calibrated, by what they were calibrated for (the last few)."""
     token_compare: dict[str, Any] = field(default_factory=dict)
     """Token-by-token comparisons (:class:`unlearn_core.experiments.token_compare.TokenComparison`) by their key."""
     text_search: dict[tuple[Any, ...], Any] = field(default_factory=dict)

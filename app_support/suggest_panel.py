@@ -6,6 +6,7 @@ from typing import Any
 
 import streamlit as st
 
+from unlearn_core.ablation.gating import DEFAULT_GATE_QUANTILE
 from unlearn_core.ablation.interventions import Intervention
 from unlearn_core.data.texts import BUILTIN_TEXTS, selection_split, texts_from_bytes
 from unlearn_core.errors import UnlearnError
@@ -40,6 +41,10 @@ def use_recommended_intervention(recommended: dict[str, Any]) -> None:
         state.set_widget(state.Key.strength(recommended["mode"]), float(recommended["value"]))
     state.set_widget(state.Key.CLAMP_RELATIVE, bool(recommended.get("relative", False)))
     state.set_widget(state.Key.HOOK_SITE, recommended.get("hook_site", "trained"))
+    gate = recommended.get("gate")
+    state.set_widget(state.Key.GATE, gate is not None)
+    if gate is not None:  # recalibrated in Compare for the forget set as it is then
+        state.set_widget(state.Key.GATE_QUANTILE, float(gate.get("quantile", DEFAULT_GATE_QUANTILE)))
 
 
 def _text_choice(label: str, default: str, key: str) -> tuple[str, tuple[str, ...] | None]:

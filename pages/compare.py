@@ -41,6 +41,7 @@ from unlearn_core.explain.explore import split_prompts, study_prompts
 from unlearn_core.forget_set.selections import check_selections_fit_model, load_selections
 from unlearn_core.scoring.batching import stoppable
 from unlearn_core.scoring.generation import generate_batch
+from unlearn_core.selection.gating import calibrated_conditions
 
 ws = shell.page_setup(needs_model=True)
 fl = state.forget_set(ws.preset.model_id)
@@ -69,6 +70,21 @@ if not any(s.latents for s in selections):
     st.info("The forget set is empty, so only the baseline can run. Tick latents on the Explore page first.")
 
 all_conditions = comparison_conditions(selections, ws.intervention, seed=int(state.widget_value(state.Key.COMPARE_SEED, 0)))
+if ws.intervention.gate is not None and len(all_conditions) > 1:
+    gated: dict = state.session().gated_conditions
+    gate_key = tuple(condition_key(lm, c) for c in all_conditions)
+    if gate_key not in gated:
+        try:
+            with st.spinner(f"Calibrating the gate on {md_escape(ws.intervention.gate.corpus)} for this forget set…"):
+                gated[gate_key] = calibrated_conditions(lm, all_conditions)
+        except RUN_FAILURES as exc:
+            st.error(failure_message(exc, "turn the gate off or use a smaller forget set"))
+            st.stop()
+        while len(gated) > 4:
+            gated.pop(next(iter(gated)))
+    all_conditions = gated[gate_key]
+    st.caption("Gate thresholds (summed forget-latent activation per SAE): "
+               + ", ".join(f"{md_escape(h)} {t:.3g}" for h, t in all_conditions[1].intervention.gate.thresholds))
 names = [c.label for c in all_conditions]
 previous = state.widget_value(state.Key.COMPARE_CONDITIONS)
 if not isinstance(previous, list) or not set(previous) <= set(names):
@@ -405,7 +421,7 @@ if run_col.button("Run attacks", icon=":material/play_arrow:", disabled=len(all_
     chosen_sel = [s for s in selections if s.latents]
     with st.spinner("Scoring the quiz variants under each condition (minutes on a CPU)…"), stoppable(stop_check()):
         try:
-            res = attack_selections(lm, chosen_sel, ws.intervention,
+            res = attack_selections(lm, chosen_sel, all_conditions[1].intervention,  # its gate calibrated, if any
                                     AttackConfig(forget_set=fl.name, max_items=attack_items, probe_texts_per_class=probe_texts,
                                                  seed=seed))
             cells[attack_key] = res.to_dict()

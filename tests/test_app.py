@@ -268,3 +268,28 @@ def test_shipped_lists_are_never_overwritten(real_lm, monkeypatch):
     run(at)
     assert button(at, "Save as").disabled
     assert shipped.read_bytes() == before
+
+
+def test_a_gated_intervention_is_calibrated_once_for_the_forget_set(real_lm, monkeypatch):
+    """The sidebar's gate reaches Compare calibrated for the current forget set (one pass over the calibration text,
+    kept for reruns) and shows its thresholds; the cached numbers of the ungated edit are not reused for it."""
+    import unlearn_core.selection.gating as gating
+
+    calls = []
+    real_calibrated = gating.calibrated_conditions
+    monkeypatch.setattr(gating, "calibrated_conditions", lambda *a, **k: calls.append(1) or real_calibrated(*a, **k))
+    at = new_app()
+    app_state(at).forget_set = load_feature_list(REPO / "feature_lists" / "example_gemma-3-270m-offline_hp-suggested.json")
+    at.session_state["mode"] = "clamp"
+    at.session_state["gate"] = True
+    at.switch_page("pages/compare.py")
+    run(at)
+    assert calls == [1]
+    assert any("Gate thresholds" in c.value for c in at.caption)
+    (conditions,) = app_state(at).gated_conditions.values()
+    assert all(c.intervention.gate.calibrated for c in conditions[1:])
+    run(at)
+    assert calls == [1]  # a rerun reuses the calibration
+    at.session_state["gate_quantile"] = 0.999
+    run(at)
+    assert calls == [1, 1] and len(app_state(at).gated_conditions) == 2

@@ -3,6 +3,7 @@ random model (the mechanics the app pages are built on)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 
@@ -11,6 +12,7 @@ import torch
 from tiny_models import make_tiny_model, tiny_sae
 
 from unlearn_core.ablation.conditions import ABLATED, BASELINE, RANDOM_CONTROL, RECONSTRUCTION_ONLY
+from unlearn_core.ablation.gating import Gate
 from unlearn_core.ablation.interventions import Intervention, LatentSelection
 from unlearn_core.data.texts import TextSet
 from unlearn_core.errors import FeatureListError, InputError
@@ -135,6 +137,10 @@ def test_conditions_and_keys(lm, saes):
     assert not same_as_baseline(replace[4]) and condition_key(lm, replace[4]) != condition_key(lm, conds[0])
     assert condition_key(lm, conds[2]) != condition_key(lm, other[1])
     assert condition_key(lm, conds[2]) != condition_key(lm, comparison_conditions(sel, Intervention(mode="zero"))[2])
+    # a gate changes the numbers, and so do its quantile and its thresholds
+    gates = [Gate(), Gate(quantile=0.999), Gate(thresholds=((a.hook_name, 1.0),)), Gate(thresholds=((a.hook_name, 2.0),))]
+    keys = {condition_key(lm, comparison_conditions(sel, dataclasses.replace(clamp, gate=g))[2]) for g in gates}
+    assert len(keys) == 4 and condition_key(lm, conds[2]) not in keys
     with pytest.raises(InputError):
         comparison_conditions(sel, clamp, controls=("bogus",))
 

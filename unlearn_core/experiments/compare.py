@@ -94,7 +94,8 @@ def condition_key(lm: LoadedModel, condition: Condition) -> str:
         for s in condition.selections
     ]
     return _digest({"model": model, "selections": parts, "mode": iv.mode, "strength": repr(iv.strength),
-                    "hook_site": iv.hook_site, "relative": iv.relative})
+                    "hook_site": iv.hook_site, "relative": iv.relative,
+                    "gate": None if iv.gate is None else {k: repr(v) for k, v in iv.gate.to_dict().items()}})
 
 
 def text_set_key(texts: TextSet, max_seq_len: int) -> str:
