@@ -56,7 +56,10 @@ def test_auto_follows_native_bf16_support(monkeypatch, native, expected):
 def test_explicit_dtypes_and_errors_are_unchanged():
     assert resolve_dtype("float32", PRESET) == torch.float32
     assert resolve_dtype("bfloat16", PRESET) == torch.bfloat16
-    assert resolve_dtype(None, PRESET) == torch.float32  # the default stays float32
+    # the default is auto: bfloat16 where native (this CPU, if it has AMX / AVX512-BF16), else float32
+    assert PRESET.default_dtype == "auto"
+    expected = getattr(torch, precision.auto_dtype("cpu"))
+    assert resolve_dtype(None, PRESET, "cpu") == resolve_dtype("auto", PRESET, "cpu") == expected
     assert resolve_dtype(torch.float16, PRESET) == torch.float16
     with pytest.raises(ModelUnavailableError, match="auto"):
         resolve_dtype("float8", PRESET)
