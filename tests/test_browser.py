@@ -160,8 +160,9 @@ def test_explore_tick_save_compare_in_chromium(server):
         expect(page.get_by_text(re.compile(r"on wikitext2-clean")).first).to_be_visible(timeout=300_000)
         _visible_button(page, "Stop").click()
         _idle(page)
-        partial = page.get_by_text(re.compile(r"^\d+ of \d+ perplexity results computed — Run computes the rest"))
-        expect(partial).to_be_visible()
+        # the caption drawn before the run ("0 of N") stays on screen until the rerun after Stop replaces it
+        partial = page.get_by_text(re.compile(r"^[1-9]\d* of \d+ perplexity results computed — Run computes the rest"))
+        expect(partial).to_be_visible(timeout=60_000)
         done, total = map(int, re.findall(r"\d+", partial.inner_text())[:2])
         assert 0 < done < total
         _visible_button(page, "Run perplexity").click()
