@@ -39,7 +39,6 @@ from .safe_text import md_escape
 from .state import PERSIST, Key
 
 SIDEBAR_PRECISIONS: tuple[str, ...] = (AUTO_DTYPE, "float32", "bfloat16")
-"""The first is the default."""
 """The sidebar's precision choices, its default first."""
 
 APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"

@@ -14,15 +14,13 @@ from collections.abc import Sequence
 
 import pandas as pd
 import streamlit as st
-import torch
 
 from app_support import state
 from app_support.jobs import stop_check
-from app_support.safe_text import md_escape
+from app_support.safe_text import RUN_FAILURES, failure_message
 from app_support.state import PERSIST, Key
 from app_support.views import HIGHLIGHT_RGB
 from unlearn_core.ablation.conditions import BASELINE, Condition
-from unlearn_core.errors import UnlearnError
 from unlearn_core.experiments.compare import condition_key, generation_key
 from unlearn_core.experiments.token_compare import (
     MAX_NEW_TOKENS,
@@ -85,12 +83,8 @@ def _panel(lm: LoadedModel, conditions: Sequence[Condition], prompts: Sequence[s
             with st.spinner("Generating and scoring both continuations…"):
                 found = compare_tokens(lm, prompt, baseline, ablated, max_new_tokens=new_tokens,
                                        should_stop=stop_check())
-        except UnlearnError as exc:
-            st.error(md_escape(exc))
-            return
-        except (MemoryError, torch.OutOfMemoryError):
-            st.error("Out of memory while generating: try fewer new tokens or a shorter prompt. The forget set is "
-                     "unchanged.")
+        except RUN_FAILURES as exc:
+            st.error(failure_message(exc, "try fewer new tokens or a shorter prompt"))
             return
         results[key] = found
         while len(results) > KEPT_RESULTS:

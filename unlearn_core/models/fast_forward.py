@@ -105,7 +105,7 @@ def _linear(owner: Any, slot: str, x: torch.Tensor, weight: Any, bias: torch.Ten
         if fused:
             return torch.cat([F.linear(x, w, b) for w, b in weight], dim=-1)
         return F.linear(x, weight.contiguous(), bias)
-    key = (*(p.data_ptr() for p in sources), *(_version(p) for p in sources), x.device)
+    key = (*(p.data_ptr() for p in sources), *(tensor_version(p) for p in sources), x.device)
     packed = owner.__dict__.setdefault(_PACKED, {})
     hit = packed.get(slot)
     if hit is None or hit[0] != key:
@@ -115,7 +115,9 @@ def _linear(owner: Any, slot: str, x: torch.Tensor, weight: Any, bias: torch.Ten
     return torch.ops.mkldnn._linear_pointwise(x, hit[1], hit[2] if fused else bias, "none", [], "")
 
 
-def _version(t: torch.Tensor) -> int:
+def tensor_version(t: torch.Tensor) -> int:
+    """``t._version`` (bumped by every in-place change), or -1 for an inference tensor: a cache of something derived
+    from ``t`` keys on it with ``t.data_ptr()``."""
     try:
         return int(t._version)
     except RuntimeError:  # an inference tensor: no version counter, and it cannot change in place

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from unlearn_core.models.fast_forward import tensor_version
+
 PAD = 64
 """Candidate count granularity (see above)."""
 MAX_CANDIDATES = 4096
@@ -79,7 +81,7 @@ class GreedyScreen:
         if w_u.dtype not in (torch.float32, torch.bfloat16) or w_u.device.type != "cpu" \
                 or softcap_enabled(model.cfg.output_logits_soft_cap) or bool(model.b_U.any()):
             return None
-        key = (w_u.data_ptr(), tuple(w_u.shape), tuple(w_u.stride()), w_u.dtype, _version(w_u))
+        key = (w_u.data_ptr(), tuple(w_u.shape), tuple(w_u.stride()), w_u.dtype, tensor_version(w_u))
         cached = model.__dict__.get(_ATTR)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -132,13 +134,6 @@ class GreedyScreen:
         index = torch.cat([candidates, candidates.new_zeros(padded - count)])
         exact = (x @ self.rows[index].T)[:, :count]  # the same rows, layout and kernel as x @ W_U
         return candidates[exact.argmax(dim=1)]
-
-
-def _version(t: torch.Tensor) -> int:
-    try:
-        return int(t._version)
-    except RuntimeError:  # an inference tensor keeps no version counter (and cannot be changed in place)
-        return -1
 
 
 def greedy_tokens(model: Any, x: torch.Tensor) -> torch.Tensor | None:

@@ -140,6 +140,20 @@ def score_tokens(
     return [r for r in results if r is not None]
 
 
+def unembed(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """Unembedding, output bias and soft-cap of final-norm residuals ``x`` [rows, d_model] -> [rows, d_vocab], in
+    float32 (differentiable; for a few rows: :func:`_final_logprobs` streams many rows through one buffer)."""
+    from transformer_lens.utilities.activation_functions import softcap_enabled
+
+    logits = (x @ model.W_U).float()
+    if bool(model.b_U.any()):
+        logits = logits + model.b_U.float()
+    cap = model.cfg.output_logits_soft_cap
+    if softcap_enabled(cap):
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 def _final_logprobs(model: Any, resid: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(target) and argmax hit for [N, d_model] final-layer residuals.
 

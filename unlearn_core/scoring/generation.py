@@ -30,7 +30,7 @@ from unlearn_core.errors import InputError
 from unlearn_core.models.greedy import greedy_tokens
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.models.patches import speed_patches_enabled
-from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS
+from unlearn_core.scoring.batching import DEFAULT_BATCH_TOKENS, unembed
 
 GenerationKey = tuple[int, str]
 """``(prompt index, condition name)``: one cell of a generation grid."""
@@ -275,7 +275,7 @@ class _Run:
             chosen = greedy_tokens(model, x)
             if chosen is not None:
                 return chosen
-        return _unembed(model, x)
+        return unembed(model, x)
 
     def _take_tokens(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         """Pick each row's next token (``logits`` may already be the greedy ids); the positions (in ``rows``) of the
@@ -347,16 +347,3 @@ def _select_rows(cache: Any, keep: list[int]) -> Any:
         entry.past_values = entry.past_values[rows]
     cache.previous_attention_mask = cache.previous_attention_mask[index]
     return cache
-
-
-def _unembed(model: Any, x: torch.Tensor) -> torch.Tensor:
-    """Unembedding and soft-cap of one normalised position per row ([rows, d_model] -> [rows, d_vocab] fp32)."""
-    from transformer_lens.utilities.activation_functions import softcap_enabled
-
-    logits = (x @ model.W_U).float()
-    if bool(model.b_U.any()):
-        logits = logits + model.b_U.float()
-    cap = model.cfg.output_logits_soft_cap
-    if softcap_enabled(cap):
-        logits = torch.tanh(logits / cap) * cap
-    return logits

@@ -42,7 +42,14 @@ from unlearn_core.data.quizzes import BUILTIN_QUIZZES, Quiz, load_quiz
 from unlearn_core.errors import InputError
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.saes.loading import LoadedSae
-from unlearn_core.scoring.batching import ProgressCallback, StopCheck, batches_by_length, check_stop, right_padded
+from unlearn_core.scoring.batching import (
+    ProgressCallback,
+    StopCheck,
+    batches_by_length,
+    check_stop,
+    right_padded,
+    unembed,
+)
 from unlearn_core.scoring.choices import QUIZ_TEMPLATE, choice_continuation
 from unlearn_core.selection.rules import ScoredLatent
 from unlearn_core.selection.stats import LatentStats
@@ -251,8 +258,6 @@ def latent_attributions(
 def _answer_objective(model: Any, resid: torch.Tensor, tokens: torch.Tensor, seqs: Sequence[AnswerSequence],
                       lengths: torch.Tensor) -> torch.Tensor:
     """Sum over rows of weight x the summed log-probability of the row's answer tokens (only those logits)."""
-    from transformer_lens.utilities.activation_functions import softcap_enabled
-
     rows, cols, targets, weights = [], [], [], []
     for r, seq in enumerate(seqs):
         n = int(lengths[r])
@@ -264,13 +269,8 @@ def _answer_objective(model: Any, resid: torch.Tensor, tokens: torch.Tensor, seq
     h = resid[torch.tensor(rows), torch.tensor(cols)]
     if model.cfg.normalization_type is not None:
         h = model.ln_final(h.unsqueeze(0))[0]
-    logits = h @ model.W_U
-    if bool(model.b_U.any()):
-        logits = logits + model.b_U
-    cap = model.cfg.output_logits_soft_cap
-    if softcap_enabled(cap):
-        logits = torch.tanh(logits / cap) * cap
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(targets, device=logits.device)[:, None])[:, 0]
+    logits = unembed(model, h)
+    logp = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(targets, device=logits.device)[:, None])[:, 0]
     return (logp * torch.tensor(weights, dtype=logp.dtype, device=logp.device)).sum()
 
 
