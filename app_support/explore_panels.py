@@ -9,14 +9,14 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import streamlit as st
 
-from app_support import state, views
+from app_support import resources, state, views
 from app_support.forget_ops import apply_ticks, chosen_ids
 from app_support.safe_text import md_escape
 from app_support.state import PERSIST, Key
 from unlearn_core.errors import UnlearnError
 from unlearn_core.explain.dashboards import Dashboards
 from unlearn_core.explain.explore import ExploreResult, explore
-from unlearn_core.explain.ranking import general_reference, source_ratio
+from unlearn_core.explain.ranking import ReferenceRates, general_reference, source_ratio, with_reference_prompts
 from unlearn_core.explain.search import SearchHit, board_labels, search_contexts, search_labels, search_promoted
 from unlearn_core.saes.loading import LoadedSae
 from unlearn_core.saes.neuronpedia import search_explanations
@@ -25,6 +25,15 @@ from unlearn_core.saes.neuronpedia.explanation import neuronpedia_page_url
 TEXT_SEARCH_CACHE = 16
 """Searches by pasted text a session keeps (oldest dropped first)."""
 SEARCH_MODES = ("fires on a word or phrase", "label or explanation", "fires on this text", "promotes a token")
+
+
+def specificity_reference(ws, loaded: LoadedSae, board: Dashboards | None) -> ReferenceRates | None:
+    """The specificity ranking's reference for an SAE: its dashboards' general-text rates and its (shared, cached)
+    rates on the everyday reference prompts; None without dashboards."""
+    if board is None:
+        return None
+    counts, n_tokens = resources.get_reference_prompt_counts(ws.preset.name, ws.device, ws.dtype, ws.lm, loaded)
+    return with_reference_prompts(general_reference(board), counts, n_tokens)
 
 
 def strongest_context(board: Dashboards | None, latent: int, width: int = 70) -> str:
@@ -153,7 +162,7 @@ def run_search(ws, loaded: LoadedSae, board: Dashboards | None, query: str, mode
         key = (ws.preset.name, ws.device, ws.dtype, loaded.ref, query, k, board is not None)
         if key not in cache:
             found: ExploreResult = explore(ws.lm, [loaded], [query])
-            reference = general_reference(board) if board is not None else None
+            reference = specificity_reference(ws, loaded, board)
             stats = found.top_latents(loaded.ref, k=k, by="specific" if reference else "max", reference=reference)
             if len(cache) >= TEXT_SEARCH_CACHE:
                 cache.pop(next(iter(cache)))
@@ -175,10 +184,10 @@ def run_search(ws, loaded: LoadedSae, board: Dashboards | None, query: str, mode
     return search_contexts(board, query, k=k)
 
 
-def by_token_panel(result: ExploreResult, loaded: LoadedSae, prompt: int, board: Dashboards | None,
+def by_token_panel(ws, result: ExploreResult, loaded: LoadedSae, prompt: int, board: Dashboards | None,
                    exclude: set[int]) -> None:
-    """Which latents fire on each token of one prompt: the most specific first (rarest on general text)."""
-    reference = general_reference(board) if board is not None else None
+    """Which latents fire on each token of one prompt: the most specific first (rarest on general text and prompts)."""
+    reference = specificity_reference(ws, loaded, board)
     rows = result.latents_by_token(loaded.ref, prompt, k=3, reference=reference, exclude=exclude)
     labels = views.explanation_texts(loaded, [lat for _, pairs in rows for lat, _ in pairs])
     table = pd.DataFrame({

@@ -134,6 +134,20 @@ def get_dashboards(loaded: LoadedSae) -> Dashboards | None:
     return found
 
 
+@st.cache_resource(show_spinner=False)
+def _prompt_counts_slot(preset: str, device: str, dtype: str, ref: str, weights: str) -> Slot[Any]:
+    return Slot()
+
+
+def get_reference_prompt_counts(preset: str, device: str, dtype: str, lm: LoadedModel, loaded: LoadedSae) -> Any:
+    """Each latent's firing counts on the everyday reference prompts (the specificity ranking's second reference),
+    computed once per model, precision and SAE weights and shared by every session (a second or two)."""
+    from unlearn_core.explain.explore import reference_prompt_counts
+
+    slot = _prompt_counts_slot(preset, device, dtype, loaded.ref, weights_identity(loaded))
+    return slot.get(lambda: reference_prompt_counts(lm, [loaded])[loaded.ref])
+
+
 def remember_dashboards(loaded: LoadedSae, boards: Dashboards) -> None:
     _dashboard_slot(loaded.ref, weights_identity(loaded)).value = (boards,)
 

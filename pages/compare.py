@@ -231,8 +231,8 @@ c1, c2 = st.columns([3, 1])
 probe_names = c1.multiselect("Built-in probe sets", knowledge_set_names(), key=state.Key.COMPARE_PROBES,
                              persist_state=state.PERSIST,
                              help="Multiple-choice quizzes written for this project (HP, general knowledge, adjacent "
-                                  "fiction) and the project's cloze sets, each with a dev and a test split; MUSE "
-                                  "KnowMem forget QA (HP events), MUSE retain QA (HP wiki), NQ-open (general).")
+                                  "fiction) and the project's cloze sets, each with a dev and a test split; NQ-open "
+                                  "(general). Add your own QA/cloze files (e.g. an external benchmark you hold) below.")
 state.widget_default(state.Key.COMPARE_PROBE_ITEMS, 50)
 max_items = c2.number_input("Items per set", 5, 2000, key=state.Key.COMPARE_PROBE_ITEMS, persist_state=state.PERSIST)
 probe_uploads = st.file_uploader("Your own probe files: multiple choice {\"question\",\"choices\",\"answer\": index}, "

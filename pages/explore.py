@@ -12,7 +12,7 @@ from app_support.safe_text import md_escape
 from app_support.state import PERSIST, Key
 from unlearn_core.errors import UnlearnError
 from unlearn_core.explain.explore import RANKINGS, ExploreResult, explore, prepare_prompts, split_prompts, study_prompts
-from unlearn_core.explain.ranking import DENSE_FREQUENCY, dense_latents, general_reference
+from unlearn_core.explain.ranking import DENSE_FREQUENCY, dense_latents
 
 
 def _keep() -> None:
@@ -81,8 +81,9 @@ top_k = c1.slider("Top latents", 5, 100, key=Key.EXPLORE_TOP_K, persist_state=PE
 rank = c2.radio("Rank by", RANKINGS, key=Key.EXPLORE_RANK, horizontal=True, persist_state=PERSIST,
                 format_func=lambda r: {"specific": "specificity", "max": "max activation", "mean": "mean activation",
                                           "frequency": "frequency"}[r],
-                help="specificity: how much more often a latent fires on these prompts than on general text (and "
-                     "than on the contrast prompts, if given), as a smoothed log ratio")
+                help="specificity: how much more often a latent fires on these prompts than on general text, on "
+                     "everyday prompts and on the contrast prompts (if given), as a smoothed log ratio; latents "
+                     "firing only on prompts that share nothing with the others (an off-topic prompt) rank lower")
 scopes = ["all prompts", *[f"prompt {i + 1}: {p[:60]}" for i, p in enumerate(prepared.prompts)]]
 if state.widget_value(Key.EXPLORE_SCOPE) not in scopes:
     state.set_widget(Key.EXPLORE_SCOPE, scopes[0])
@@ -106,7 +107,7 @@ for tab, loaded in zip(tabs, ws.saes, strict=True):
     with tab:
         boards = get_dashboards(loaded)
         dense = dense_latents(boards) if hide_dense and boards is not None else set()
-        reference = general_reference(boards) if boards is not None else None
+        reference = explore_panels.specificity_reference(ws, loaded, boards)
         by = rank if (rank != "specific" or reference is not None) else "max"
         if by != rank:
             st.caption("No dashboard for this SAE yet, so no general-text rates: ranked by max activation.")
@@ -148,7 +149,7 @@ for tab, loaded in zip(tabs, ws.saes, strict=True):
             explore_panels.search_panel(ws, loaded, boards)
         if prompt_index is not None:
             with st.expander(f"Token by token: which latents fire on each token of prompt {prompt_index + 1}"):
-                explore_panels.by_token_panel(result, loaded, prompt_index, boards, dense)
+                explore_panels.by_token_panel(ws, result, loaded, prompt_index, boards, dense)
 
         st.subheader("Where a latent fires")
         options = [s.latent for s in stats]

@@ -4,7 +4,8 @@ at least 3x as often on Harry Potter text as on general text, measured on text t
     python scripts/explore_specificity.py                # the study's 7 prompts, test text (the reported number)
     python scripts/explore_specificity.py --dev          # the dev prompt sets and dev text the ranking was chosen on
 
-The ranking sees only the prompts and the dashboards' general-text rates (Gutenberg books, WikiText-2 *train*).
+The ranking sees only the prompts, the dashboards' general-text rates (Gutenberg books, WikiText-2 *train*) and the
+latents' rates on the bundled everyday reference prompts (``unlearn_core/data/reference_prompts.txt``).
 Test measurement: firing rates on ``hp-fanwiki:test`` (the 4 held-out fan-wiki articles) vs ``wikitext2:test``.
 Dev measurement: ``hp-fanwiki:dev`` vs ``wikitext2:dev`` on three prompt sets written for this (never the study's).
 Every ranking is printed (max activation, the old default, for comparison), plus the Ember-style contrast of the
@@ -20,8 +21,8 @@ import torch
 
 from unlearn_core.data.texts import load_texts
 from unlearn_core.explain.dashboard_cache import find_dashboards
-from unlearn_core.explain.explore import STUDY_PROMPTS, explore
-from unlearn_core.explain.ranking import dense_latents, general_reference
+from unlearn_core.explain.explore import STUDY_PROMPTS, explore, reference_prompt_counts
+from unlearn_core.explain.ranking import dense_latents, general_reference, with_reference_prompts
 from unlearn_core.models.loading import load_model
 from unlearn_core.models.presets import get_preset
 from unlearn_core.saes.loading import load_sae
@@ -50,10 +51,12 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=10)
     ap.add_argument("--ratio", type=float, default=3.0)
     ap.add_argument("--json", help="write the counts here")
+    ap.add_argument("--dtype", default="float32", help="model precision (the reported numbers: float32; the app's "
+                                                        "default is auto)")
     args = ap.parse_args()
     preset = get_preset("gemma-3-270m-offline")
-    lm = load_model(preset, dtype="float32")
-    saes = [load_sae(preset.family().ref(layer)) for layer in args.layers]
+    lm = load_model(preset, dtype=args.dtype)
+    saes = [load_sae(preset.family().ref(layer), dtype=lm.dtype) for layer in args.layers]
     hp_name, general_name = ("hp-fanwiki:dev", "wikitext2:dev") if args.dev else ("hp-fanwiki:test", "wikitext2:test")
     rates = {}
     for name in (hp_name, general_name):
@@ -74,6 +77,8 @@ def main() -> None:
     else:
         cases = [("study's 7 prompts", study, None), ("study's 4 HP prompts vs its 3 others", study_hp, study_other)]
     boards = {s.ref: find_dashboards(s) for s in saes}
+    prompt_counts = reference_prompt_counts(lm, saes)
+    references = {s.ref: with_reference_prompts(general_reference(boards[s.ref]), *prompt_counts[s.ref]) for s in saes}
     report: dict[str, dict[str, list[int]]] = {}
     print(f"top {args.top} per layer firing >= {args.ratio:g}x as often on {hp_name} as on {general_name} "
           f"({MEASURE_TOKENS:,} tokens each at most); dense latents hidden")
@@ -85,7 +90,7 @@ def main() -> None:
             for s in saes:
                 board = boards[s.ref]
                 top = result.top_latents(s.ref, k=args.top, by=by, exclude=dense_latents(board),
-                                         reference=general_reference(board), contrast=contrast)
+                                         reference=references[s.ref], contrast=contrast)
                 counts.append(sum(specific(s.ref, t.latent) for t in top))
             report[f"{label} / {by}"] = {"per_layer": counts, "layers": args.layers}
             print(f"  {label:40s} {by:9s} per layer {counts}  total {sum(counts)}/{args.top * len(saes)}")

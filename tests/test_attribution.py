@@ -154,7 +154,7 @@ def test_the_model_lock_is_taken_once_per_batch(tiny_lm, saes, items, monkeypatc
 
 
 @pytest.mark.parametrize("name", ["hp-quiz:test", "hp-quiz", "general-quiz:test", "adjacent-quiz", "hp-cloze:test",
-                                  "general-cloze:test", "muse-knowmem-forget", "nq-open", "my_quiz.json"])
+                                  "general-cloze:test", "nq-open", "my_quiz.json"])
 def test_only_dev_splits_are_accepted(tiny_lm, name):
     with pytest.raises(InputError, match="dev"):
         load_knowledge_items(tiny_lm, name)

@@ -60,12 +60,15 @@ def test_user_text_files(tmp_path):
 
 
 def test_probe_files(tmp_path):
-    forget = load_probes("muse-knowmem-forget")
-    assert len(forget) == 100 and forget.probes[0].kind == "qa"
+    qa_file = tmp_path / "forget_qa.json"
+    qa_file.write_text(json.dumps([{"question": "Which class did Professor McGonagall teach?", "answer": "Transfiguration"},
+                                   {"question": "Who is Harry's godfather?", "answer": "Sirius Black"}]))
+    forget = load_probes(str(qa_file))
+    assert len(forget) == 2 and forget.probes[0].kind == "qa"
     assert forget.probes[0].prompt.startswith("Question: ") and forget.probes[0].prompt.endswith("\nAnswer:")
     nq = load_probes("nq-open")
     assert len(nq) == 1800 - 13 and all(p.answers for p in nq.probes)  # its 13 Harry Potter questions dropped
-    assert set(BUILTIN_PROBES) == {"hp-cloze", "general-cloze", "muse-knowmem-forget", "muse-knowmem-retain", "nq-open"}
+    assert set(BUILTIN_PROBES) == {"hp-cloze", "general-cloze", "nq-open"}
     cloze = tmp_path / "cloze.json"
     cloze.write_text(json.dumps([{"prompt": "Harry's owl is called", "answer": "Hedwig"}]))
     ps = load_probes(str(cloze))

@@ -20,15 +20,29 @@ def test_project_cloze_sets_are_large_distinct_and_well_formed():
     assert not {p.prompt for p in hp.probes} & {p.prompt for p in general.probes}
 
 
-def test_nq_open_drops_harry_potter_questions_and_muse_loads():
+def test_nq_open_drops_harry_potter_questions():
     raw = [json.loads(line) for line in BUILTIN_PROBES["nq-open"].read_text(encoding="utf-8").splitlines() if line.strip()]
     nq = load_probes("nq-open")
     dropped = len(raw) - len(nq)
     assert 5 <= dropped <= 30
     assert not any("harry potter" in p.prompt.lower() or "dumbledore" in p.prompt.lower() for p in nq.probes)
     assert len(load_probes("nq-open", max_items=7)) == 7
-    forget = load_probes("muse-knowmem-forget")
-    assert len(forget) == 100 and forget.probes[0].kind == "qa"
+
+
+def test_external_qa_benchmark_loads_by_path(tmp_path):
+    """Other projects' QA sets are not bundled; a copy the user holds (a JSON list of question/answer pairs, as
+    QA benchmarks often ship them) loads by path and is scored as QA."""
+    qa = [{"question": "Who is the headmaster of Hogwarts?", "answer": "Albus Dumbledore"},
+          {"question": "What position does Harry play in Quidditch?", "answer": "Seeker"},
+          {"question": "What is the name of Harry's owl?", "answer": ["Hedwig", "his owl Hedwig"]}]
+    path = tmp_path / "external_forget_qa.json"
+    path.write_text(json.dumps(qa), encoding="utf-8")
+    forget = load_probes(str(path))
+    assert forget.name == "external_forget_qa" and len(forget) == 3
+    assert all(p.kind == "qa" for p in forget.probes)
+    assert forget.probes[0].prompt == "Question: Who is the headmaster of Hogwarts?\nAnswer:"
+    assert forget.probes[0].answers == ("Albus Dumbledore",) and forget.probes[2].answers == ("Hedwig", "his owl Hedwig")
+    assert len(load_probes(str(path), max_items=2)) == 2
 
 
 def test_hp_fanwiki_split_is_disjoint_and_complete():

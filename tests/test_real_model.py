@@ -94,7 +94,7 @@ def test_cli_evaluate_contract(tmp_path):
     forget = _feature_list_with_local_sae(tmp_path)
     out = tmp_path / "result.json"
     cmd = [sys.executable, "-m", "unlearn_core", "evaluate", "--forget-set", str(forget), "--mode", "replace",
-           "--hook-site", "resid_pre", "--texts", "wikitext2-clean", "--max-texts", "2", "--probes", "muse-knowmem-forget",
+           "--hook-site", "resid_pre", "--texts", "wikitext2-clean", "--max-texts", "2", "--probes", "hp-cloze:test",
            "--conditions", "baseline,ablated", "--seed", "3", "--json", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
@@ -102,8 +102,8 @@ def test_cli_evaluate_contract(tmp_path):
     assert "PPL wikitext2-clean" in proc.stdout and "REPRODUCTION ONLY" in proc.stdout
     res = json.loads(out.read_text())
     assert set(res["conditions"]) == {"baseline", "ablated"}
-    probe = res["conditions"]["ablated"]["probes"]["muse-knowmem-forget"]
-    assert probe["n"] == 100 and 0 <= probe["top1"] <= 1
+    probe = res["conditions"]["ablated"]["probes"]["hp-cloze:test"]
+    assert probe["n"] == 64 and 0 <= probe["top1"] <= 1
     assert res["settings"]["saes"][0]["applied_at"] == "blocks.9.hook_resid_pre"
     # replacing the residual by a random SAE's reconstruction wrecks the model
     ppl = {c: v["perplexity"]["wikitext2-clean"] for c, v in res["conditions"].items()}

@@ -43,7 +43,7 @@ def add_evaluate_parser(sub: Any) -> None:
     ev.add_argument("--probes", nargs="*", default=list(DEFAULT_PROBES),
                     help="probe files (JSON/JSONL: cloze, QA, or multiple choice - recognised by their fields) or "
                          "built-ins: hp-quiz, general-quiz, adjacent-quiz, hp-cloze, general-cloze (each with :dev and "
-                         ":test), muse-knowmem-forget, muse-knowmem-retain, nq-open (default: the test splits "
+                         ":test), nq-open (default: the test splits "
                          f"{' '.join(DEFAULT_PROBES)})")
     ev.add_argument("--max-texts", type=int, help="use only the first N texts of each text set")
     ev.add_argument("--conditions", type=parse_conditions, default=list(CONDITIONS),

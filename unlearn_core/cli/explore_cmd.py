@@ -59,9 +59,9 @@ def _read_prompts(path: str) -> list[str]:
 
 def run_explore(args: argparse.Namespace) -> int:
     from unlearn_core.explain.dashboard_cache import dashboards_for, find_dashboards
-    from unlearn_core.explain.explore import explore, prepare_prompts, study_prompts
+    from unlearn_core.explain.explore import explore, prepare_prompts, reference_prompt_counts, study_prompts
     from unlearn_core.explain.labels import latent_labels
-    from unlearn_core.explain.ranking import dense_latents, general_reference, source_ratio
+    from unlearn_core.explain.ranking import dense_latents, general_reference, source_ratio, with_reference_prompts
     from unlearn_core.files import write_json_atomic
     from unlearn_core.models.loading import load_model
     from unlearn_core.models.presets import get_preset
@@ -92,9 +92,12 @@ def run_explore(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"prompts": list(prepared.prompts), "contrast": contrast_prompts, "model": preset.name,
                            "rank_by": args.rank_by, "hide_dense": not args.show_dense, "layers": {}, "notes": {},
                            "command": command_string("explore", args)}
+    prompt_counts = reference_prompt_counts(lm, saes) if args.rank_by == "specific" else {}
     for loaded in saes:
         board = dashboards_for(lm, loaded, progress=None) if args.build_dashboards else find_dashboards(loaded)
         reference = general_reference(board) if board is not None else None
+        if reference is not None and loaded.ref in prompt_counts:
+            reference = with_reference_prompts(reference, *prompt_counts[loaded.ref])
         by = args.rank_by
         if by == "specific" and reference is None:
             by = "max"

@@ -1,6 +1,7 @@
 """Knowledge probes: cloze ``{"prompt", "answer"}`` and QA ``{"question", "answer": str | [str]}`` items.
 
-Files are a JSON list or JSON Lines (MUSE KnowMem and NQ-open use these). A QA item becomes the prompt
+Files are a JSON list or JSON Lines (NQ-open uses JSON Lines; a QA benchmark you hold, e.g. one shipped as a JSON list
+of ``{"question", "answer"}``, loads by path). A QA item becomes the prompt
 ``"Question: {question}\\nAnswer:"``; answers are scored as a continuation starting with a space, unless the
 prompt already ends in whitespace. Scoring lives in :mod:`unlearn_core.scoring.probes`.
 """
@@ -22,13 +23,12 @@ QA_TEMPLATE = "Question: {question}\nAnswer:"
 BUILTIN_PROBES: dict[str, Path] = {
     "hp-cloze": DATA_DIR / "probes" / "hp_cloze.json",
     "general-cloze": DATA_DIR / "probes" / "general_cloze.json",
-    "muse-knowmem-forget": DATA_DIR / "qa" / "muse_books_knowmem_forget_qa.json",
-    "muse-knowmem-retain": DATA_DIR / "qa" / "muse_books_knowmem_retain_qa.json",
     "nq-open": DATA_DIR / "qa" / "nq_open_efficientqa_dev.jsonl",
 }
 """``hp-cloze`` / ``general-cloze``: this project's cloze sets (written for it, no book text), each with a dev split
 (52 facts; the plain name, which earlier sweeps tuned on) and a test split (64 other facts, never tuned on);
-MUSE KnowMem forget/retain QA; NQ-open (EfficientQA dev) without its Harry Potter questions."""
+NQ-open (EfficientQA dev) without its Harry Potter questions. Other projects' Harry Potter QA sets are not bundled
+(external benchmarks are kept aside to check this work): pass your own copy by path."""
 SPLIT_PROBES: dict[str, Path] = {
     "hp-cloze:dev": BUILTIN_PROBES["hp-cloze"],
     "hp-cloze:test": DATA_DIR / "probes" / "hp_cloze_test.json",

@@ -19,7 +19,7 @@ from unlearn_core.experiments.sweep import forget_score
 
 FORGET_TEXTS = ("hp-fanwiki", "hp-fanwiki:test")
 RETAIN_TEXTS = ("wikitext2", "wikitext2:test")
-FORGET_PROBES = ("hp-cloze:test", "hp-cloze", "muse-knowmem-forget")
+FORGET_PROBES = ("hp-cloze:test", "hp-cloze")
 RETAIN_PROBES = ("general-cloze:test", "general-cloze", "nq-open")
 FORGET_QUIZZES = ("hp-quiz:test", "hp-quiz")
 RETAIN_QUIZZES = ("general-quiz:test", "general-quiz")

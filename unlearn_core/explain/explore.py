@@ -14,8 +14,9 @@ from typing import Literal
 
 import torch
 
+from unlearn_core.data.texts import DATA_DIR
 from unlearn_core.errors import InputError
-from unlearn_core.explain.ranking import ReferenceRates, specificity
+from unlearn_core.explain.ranking import THEME_WEIGHT, ReferenceRates, specificity, theme_weights
 from unlearn_core.models.loading import LoadedModel
 from unlearn_core.saes.loading import LoadedSae
 from unlearn_core.scoring.activations import collect_activations
@@ -40,11 +41,20 @@ STUDY_PROMPTS: tuple[tuple[str, str], ...] = (
     ("Describe a typical day in a modern city", "unrelated"),
 )
 """The reference study's generation prompts: 4 about Harry Potter, 3 unrelated (with their group)."""
+REFERENCE_PROMPTS_FILE = DATA_DIR / "reference_prompts.txt"
+"""Everyday prompts (one per line) on many topics, written for this project: what prompt-like text looks like to an
+SAE, the specificity ranking's second reference (:mod:`unlearn_core.explain.ranking`). None is about Harry Potter
+or fantasy magic, nor about the topics of the study's or the development prompt sets."""
 
 
 def study_prompts() -> list[str]:
     """The study's seven prompts, Harry Potter ones first."""
     return [p for p, _ in STUDY_PROMPTS]
+
+
+def reference_prompts() -> list[str]:
+    """The prompts of :data:`REFERENCE_PROMPTS_FILE`."""
+    return split_prompts(REFERENCE_PROMPTS_FILE.read_text(encoding="utf-8"))
 
 
 def split_prompts(text: str) -> list[str]:
@@ -199,6 +209,12 @@ class ExploreResult:
                 raise InputError("ranking by specificity needs the SAE's reference rates (its dashboards)")
             contrast_counts, contrast_tokens = contrast.counts(ref) if contrast is not None else (None, 0)
             score = specificity(counts, n_tokens, reference, contrast_counts, contrast_tokens)
+            if prompt is None:
+                considered = score.clone()
+                if exclude:
+                    considered[torch.tensor(sorted(exclude), dtype=torch.long)] = -torch.inf
+                pairs = torch.unique(torch.stack([latents, self.row_prompt[rows]], dim=1), dim=0)
+                score = score + THEME_WEIGHT * torch.log(theme_weights(considered, pairs, len(self.tokens)))
         elif by == "max":
             score = torch.zeros(width).scatter_reduce(0, latents, values, reduce="amax", include_self=True).double()
         elif by == "mean":
@@ -275,6 +291,22 @@ class ExploreResult:
             out.append([float(v) for v in dense[start : start + len(toks)]])
             start += len(toks)
         return out
+
+
+def reference_prompt_counts(lm: LoadedModel, saes: Sequence[LoadedSae], prompts: Sequence[str] | None = None
+                            ) -> dict[str, tuple[torch.Tensor, int]]:
+    """Per SAE reference, each latent's firing count on the reference prompts (:func:`reference_prompts` unless
+    given) and their token count (BOS excluded), for :func:`unlearn_core.explain.ranking.with_reference_prompts`.
+    A few thousand tokens: a second or two on a CPU; callers cache it per model and SAE."""
+    chosen = list(reference_prompts() if prompts is None else prompts)
+    totals: dict[str, tuple[torch.Tensor, int]] = {}
+    for start in range(0, len(chosen), MAX_PROMPTS):
+        part = explore(lm, saes, chosen[start : start + MAX_PROMPTS])
+        for loaded in saes:
+            counts, n_tokens = part.counts(loaded.ref)
+            before = totals.get(loaded.ref)
+            totals[loaded.ref] = (counts, n_tokens) if before is None else (before[0] + counts, before[1] + n_tokens)
+    return totals
 
 
 def explore(lm: LoadedModel, saes: Sequence[LoadedSae], prompts: PreparedPrompts | Sequence[str]) -> ExploreResult:
