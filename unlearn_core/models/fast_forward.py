@@ -224,14 +224,39 @@ def _fire(hook_point: Any, x: torch.Tensor) -> torch.Tensor:
 
 def _norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
     """``norm(x)``; TransformerLens' ``RMSNorm`` with no hook attached is computed inline, with the same ops."""
-    if type(norm).__name__ != "RMSNorm" or type(norm).__module__ != _RMS_MODULE or _hooked(norm) \
-            or _hooked(norm.hook_scale) or _hooked(norm.hook_normalized) or x.device != norm.w.device:
+    plan = norm.__dict__.get(_NORM_PLAN)
+    if plan is None or plan[0] != _HANDLES.next_id or plan[1] is not norm._parameters.get("w") \
+            or plan[2] is not norm._modules.get("hook_scale") or plan[3] is not norm._modules.get("hook_normalized"):
+        plan = _norm_plan(norm)
+    if not plan[4] or x.device != plan[7]:
         return norm(x)
-    dtype = norm.cfg.dtype
+    dtype = plan[6]
     if dtype not in (torch.float32, torch.float64):
         x = x.to(torch.float32)
-    scale = (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
-    return (x / scale).to(dtype) * norm.w
+    scale = (x.pow(2).mean(-1, keepdim=True) + plan[5]).sqrt()
+    return (x / scale).to(dtype) * plan[1]
+
+
+_NORM_PLAN = "_unlearn_norm_plan"
+_HANDLES = torch.utils.hooks.RemovableHandle
+"""Every hook registration (``register_*_hook``, TransformerLens' ``add_hook``) takes the next ``id`` of this class,
+so a cached "no hook here" is stale only once ``next_id`` moved; removing a hook leaves it stale the safe way (the
+module is then called, which is the library's own path)."""
+
+
+def _norm_plan(norm: Any) -> tuple[Any, ...]:
+    """What :func:`_norm` needs to know of one norm module, checked once per hook registration anywhere:
+    ``(hook epoch, w, hook_scale, hook_normalized, inline?, eps, dtype, device)``."""
+    epoch = _HANDLES.next_id
+    w = norm._parameters.get("w")
+    scale_hook, normalized_hook = norm._modules.get("hook_scale"), norm._modules.get("hook_normalized")
+    inline = (type(norm).__name__ == "RMSNorm" and type(norm).__module__ == _RMS_MODULE and w is not None
+              and scale_hook is not None and normalized_hook is not None and not _hooked(norm)
+              and not _hooked(scale_hook) and not _hooked(normalized_hook))
+    plan = (epoch, w, scale_hook, normalized_hook, inline, getattr(norm, "eps", None), getattr(norm.cfg, "dtype", None),
+            None if w is None else w.device)
+    norm.__dict__[_NORM_PLAN] = plan
+    return plan
 
 
 def _gated_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,14 @@ default; ``load_model(..., speed_patches=False)`` or ``UNLEARN_SPEED_PATCHES=0``
 * :func:`keep_freed_memory` - glibc keeps freed large blocks instead of unmapping them. Process-wide, so the entry
   points (the CLI's ``main`` and ``app.py``) call it, never a library function.
 
-Two more live in their own modules, behind the same switch:
+Three more live in their own modules, behind the same switch:
 
 * :mod:`unlearn_core.models.fast_forward` - fused, copy-free attention weights and leaner block, attention and MLP
   forwards (the library's bits in float32; SDPA and pre-packed weights in bfloat16), every hook point still firing.
   ``load_model`` applies it; ``uninstall_fast_forward(model)`` takes it off a model.
+* :mod:`unlearn_core.models.lean_decode` - one unhooked row decodes outside ``HookedTransformer.forward``, with
+  the fast forward's own ops on preallocated key/value buffers (the same numbers; a library cache is handed back
+  the moment a hook or an SAE appears); used by :mod:`unlearn_core.scoring.generation`.
 * :mod:`unlearn_core.models.greedy` - greedy decoding picks the arg-max token without the full float32/bfloat16
   unembedding (an int8 screen with a proven error bound, then the few candidates exactly); used by
   :mod:`unlearn_core.scoring.generation` when ``LoadedModel.speed_patches`` is on (``load_model`` sets it from
