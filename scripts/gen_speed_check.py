@@ -3,6 +3,7 @@ transformers ``generate`` on the same weights (the bench's peer), in float32 and
 
     python scripts/gen_speed_check.py [--tokens 40] [--repeats 3] [--threads N] [--dtypes float32 bfloat16]
 
+Also ours without :mod:`unlearn_core.models.lean_decode` (one row through ``HookedTransformer.forward``).
 Repeats are interleaved and the fastest of each kept; ratios are throughputs (above 1: the first is faster).
 Also checks that the patched and unpatched paths pick the same tokens and how far their prompt logits are apart.
 A quick check for one change; ``python -m unlearn_core bench`` is the measurement of record.
@@ -20,6 +21,7 @@ from unlearn_core.ablation.conditions import BASELINE, Condition
 from unlearn_core.experiments.peer import hf_generate_ids, load_hf_model
 from unlearn_core.explain.explore import study_prompts
 from unlearn_core.models.loading import load_model
+from unlearn_core.scoring import generation
 from unlearn_core.scoring.generation import generate_batch_ids, prompt_token_ids
 
 
@@ -45,8 +47,17 @@ def check_dtype(dtype: str, prompt: str, n_tokens: int, repeats: int) -> None:
     plain = load_model("gemma-3-270m-offline", device="cpu", dtype=dtype, speed_patches=False)
     hf = load_hf_model(patched.dtype)
     baseline = [Condition(BASELINE)]
+    def without_lean() -> list[int]:  # the patches, but one row through HookedTransformer.forward as batches go
+        start = generation.LeanDecode.start
+        generation.LeanDecode.start = lambda *args, **kwargs: None  # type: ignore[method-assign]
+        try:
+            return generate_batch_ids(patched, [prompt], baseline, n_tokens)[(0, BASELINE)]
+        finally:
+            generation.LeanDecode.start = start  # type: ignore[method-assign]
+
     jobs = {
         "ours patched": lambda: generate_batch_ids(patched, [prompt], baseline, n_tokens)[(0, BASELINE)],
+        "ours without the lean loop": without_lean,
         "ours unpatched": lambda: generate_batch_ids(plain, [prompt], baseline, n_tokens)[(0, BASELINE)],
         "transformers": lambda: hf_generate_ids(hf, patched, prompt, n_tokens),
     }
@@ -62,6 +73,8 @@ def check_dtype(dtype: str, prompt: str, n_tokens: int, repeats: int) -> None:
     print(f"  patched / transformers  x{speed['ours patched'] / speed['transformers']:.2f}")
     print(f"  unpatched / transformers x{speed['ours unpatched'] / speed['transformers']:.2f}")
     print(f"  patched / unpatched     x{speed['ours patched'] / speed['ours unpatched']:.2f}")
+    print(f"  lean loop / without      x{speed['ours patched'] / speed['ours without the lean loop']:.2f} "
+          f"(same tokens: {ids['ours patched'] == ids['ours without the lean loop']})")
     print(f"  same tokens: patched vs unpatched {ids['ours patched'] == ids['ours unpatched']}, "
           f"patched vs transformers {ids['ours patched'] == ids['transformers']}")
     tokens = torch.tensor([prompt_token_ids(patched, prompt, 1024) + ids["ours unpatched"]])

@@ -35,6 +35,48 @@ _HOOK_DICTS = tuple(attrgetter(name) for name in ("_forward_hooks", "_forward_pr
 _CHILDREN = attrgetter("_modules")
 
 
+def _norm(plan: tuple[Any, ...], x: torch.Tensor) -> torch.Tensor:
+    """:func:`ff._norm` from a :meth:`LeanDecode._norm_plan`: the same ops, no checks (the loop made them)."""
+    if len(plan) == 1:
+        return plan[0](x)
+    w, eps, dtype = plan
+    if dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float32)
+        return (x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()).to(dtype) * w
+    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w
+
+
+def _rotate(attn: Any, x: torch.Tensor, pos: int, table: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """:func:`ff._rotate` of one position from its rows of the tables (the same ops), or the library's rotation."""
+    if table is None:
+        return attn.apply_rotary(x, pos, None)
+    cos, sin = table
+    rd = attn.cfg.rotary_dim
+    if rd == x.size(-1):
+        return x * cos + x.roll(rd // 2, dims=-1) * sin
+    x_rot = x[..., :rd]
+    return torch.cat([x_rot * cos + x_rot.roll(rd // 2, dims=-1) * sin, x[..., rd:]], dim=-1)
+
+
+def _exact_attention(attn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+                     ) -> torch.Tensor:
+    """:func:`ff._exact_attention` without its no-ops here (a disabled soft-cap, a same-dtype cast): the same
+    bits."""
+    if k.size(2) != q.size(2):
+        k = torch.repeat_interleave(k, dim=2, repeats=q.size(2) // k.size(2))
+        v = torch.repeat_interleave(v, dim=2, repeats=q.size(2) // v.size(2))
+    scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) / attn.attn_scale
+    cap = attn.cfg.attn_scores_soft_cap
+    if cap is not None and cap > 0:  # TransformerLens' apply_softcap, which is the identity otherwise
+        scores = cap * torch.tanh(scores / cap)
+    if mask is not None:
+        scores = torch.where(mask, scores, attn.IGNORE)
+    pattern = F.softmax(scores, dim=-1)
+    if pattern.dtype != v.dtype:
+        pattern = pattern.to(v.dtype)
+    return (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
+
+
 def _supported(model: Any) -> bool:
     """The configurations the loop below reproduces: the fast forward's, with rotary positions."""
     cfg = model.cfg
@@ -55,6 +97,8 @@ class LeanDecode:
     def __init__(self, model: Any, cache: Any, capacity: int) -> None:
         self.model = model
         self.clean_epoch: int | None = None
+        self.plans: list[tuple[Any, ...]] | None = None
+        self.refs: list[tuple[Any, ...]] = []
         self.blocks = list(model.blocks)
         self.modules = list(model.modules())
         self.children = self._children()
@@ -67,7 +111,8 @@ class LeanDecode:
             values = v.new_empty((1, size, *v.shape[2:]))
             rotated = k.new_empty((1, size, *k.shape[2:]))
             keys[:, : self.n], values[:, : self.n] = k, v
-            rotated[:, : self.n] = self._rotate(block.attn, k, 0)
+            rotated[:, : self.n] = ff._rotate(block.attn, k, 0) if self.n <= block.attn.rotary_cos.shape[0] \
+                and k.device == block.attn.rotary_cos.device else block.attn.apply_rotary(k, 0, None)
             self.keys.append(keys)
             self.values.append(values)
             self.rotated.append(rotated)
@@ -108,12 +153,6 @@ class LeanDecode:
         """Every module's children, in order (compared by identity: modules do not define ``==``)."""
         return list(map(list, map(dict.values, map(_CHILDREN, self.modules))))
 
-    @staticmethod
-    def _rotate(attn: Any, k: torch.Tensor, offset: int) -> torch.Tensor:
-        if k.size(1) + offset <= attn.rotary_cos.shape[0] and k.device == attn.rotary_cos.device:
-            return ff._rotate(attn, k, offset)
-        return attn.apply_rotary(k, offset, None)
-
     def _grow(self) -> None:
         def bigger(t: torch.Tensor) -> torch.Tensor:
             out = t.new_empty((1, t.shape[1] + _GROW, *t.shape[2:]))
@@ -124,63 +163,125 @@ class LeanDecode:
         self.values = [bigger(t) for t in self.values]
         self.rotated = [bigger(t) for t in self.rotated]
 
+    def _plan(self) -> list[tuple[Any, ...]]:
+        """Per block what the loop uses, looked up once (modules, weight views, norms, rotary tables) and the
+        tensors it was built from (:meth:`_plan_current` checks them each step)."""
+        plans, refs = [], []
+        for block in self.blocks:
+            attn, mlp = block.attn, block.mlp
+            own = attn._parameters
+            qkv = [(own[w], own[b]) for w, b in attn.__dict__["_unlearn_qkv_names"]]
+            views = [(w.permute(0, 2, 1).reshape(-1, w.shape[1]), b.reshape(-1)) for w, b in qkv]
+            w_o = own["W_O"]
+            refs += [(own, name) for pair in attn.__dict__["_unlearn_qkv_names"] for name in pair]
+            refs += [(own, "W_O"), (own, "b_O"), (attn._buffers, "rotary_cos"), (attn._buffers, "rotary_sin")]
+            fast_mlp = ff._SAVED in mlp.__dict__
+            mlp_own = mlp._parameters
+            if fast_mlp:
+                refs += [(mlp_own, name) for name in ("W_gate", "W_in", "W_out", "b_in", "b_out")]
+            norms = [block.ln1, block.ln1_post if block.cfg.use_normalization_before_and_after else None, block.ln2,
+                     block.ln2_post if block.cfg.use_normalization_before_and_after else None,
+                     attn.q_norm if attn.cfg.use_qk_norm else None, attn.k_norm if attn.cfg.use_qk_norm else None]
+            for norm in norms:
+                if norm is not None:
+                    refs += [(norm._parameters, "w")]
+            plans.append((
+                attn, mlp, [None if n is None else self._norm_plan(n) for n in norms], qkv, views, w_o,
+                w_o.permute(2, 0, 1).reshape(w_o.shape[2], -1), own["b_O"],
+                (mlp_own["W_gate"], mlp_own["W_in"], mlp_own["W_out"], mlp_own["b_in"], mlp_own["b_out"], mlp.act_fn)
+                if fast_mlp else None,
+                attn.rotary_cos, ff._signed_sin(attn),
+            ))
+        self.refs = [(d, name, d[name], d[name].data_ptr()) for d, name in refs]
+        return plans
+
+    @staticmethod
+    def _norm_plan(norm: Any) -> tuple[Any, ...]:
+        """``(w, eps, dtype)`` of a TransformerLens RMSNorm computed inline by :func:`ff._norm`, else ``(module,)``."""
+        plan = ff._norm_plan(norm)
+        return (plan[1], plan[5], plan[6]) if plan[4] else (norm,)
+
+    def _plan_current(self) -> bool:
+        return all(d.get(name) is t and t.data_ptr() == ptr for d, name, t, ptr in self.refs)
+
     def step(self, model: Any, token: int) -> torch.Tensor | None:
         """The residual stream after the last block for the next token [1, 1, d_model], or None when the loop no
         longer applies (call :meth:`to_cache` and go on with the library)."""
         if not self.untouched():
             return None
+        if self.plans is None or not self._plan_current():
+            self.plans = self._plan()
         if self.n >= self.keys[0].shape[1]:
             self._grow()
         pos = self.n
         x = model.embed(torch.tensor([[token]], dtype=torch.long, device=model.W_E.device))
-        for i, block in enumerate(self.blocks):
-            attn = block.attn
-            attn_out = self._attention(attn, ff._norm(block.ln1, x), i, pos)
-            if block.cfg.use_normalization_before_and_after:
-                attn_out = ff._norm(block.ln1_post, attn_out)
+        tables: dict[tuple[int, str], tuple[Any, ...]] = {}
+        for i, plan in enumerate(self.plans):
+            attn, mlp, norms, qkv, views, w_o, w_o_view, b_o, mlp_params, cos, sin = plan
+            key = (id(cos), attn.attn_type)
+            if key not in tables:  # the position's rotary row and mask, shared by the layers of one attention type
+                usable = pos + 1 <= cos.shape[0] and x.device == cos.device
+                rows = (cos[None, pos : pos + 1, None, :], sin[None, pos : pos + 1, None, :]) if usable else None
+                _, mask, causal, _ = ff._mask_info(attn, None, 1, pos)
+                tables[key] = (rows, mask, causal)
+            attn_out = self._attention(attn, _norm(norms[0], x), i, pos, norms, qkv, views, w_o, w_o_view, b_o,
+                                       *tables[key])
+            if norms[1] is not None:
+                attn_out = _norm(norms[1], attn_out)
             x = x + attn_out
-            mlp = block.mlp
-            h = ff._norm(block.ln2, x)
-            mlp_out = ff._gated_mlp_forward(mlp, h) if ff._SAVED in mlp.__dict__ else mlp(h)
-            if block.cfg.use_normalization_before_and_after:
-                mlp_out = ff._norm(block.ln2_post, mlp_out)
+            h = _norm(norms[2], x)
+            mlp_out = mlp(h) if mlp_params is None else self._mlp(mlp, h, mlp_params)
+            if norms[3] is not None:
+                mlp_out = _norm(norms[3], mlp_out)
             x = x + mlp_out
         self.n += 1
         return x
 
-    def _attention(self, attn: Any, x: torch.Tensor, layer: int, pos: int) -> torch.Tensor:
+    @staticmethod
+    def _mlp(mlp: Any, x: torch.Tensor, params: tuple[Any, ...]) -> torch.Tensor:
+        """``_gated_mlp_forward`` with no hook attached (``hook_in`` and the rest are identities then)."""
+        w_gate, w_in, w_out, b_in, b_out, act_fn = params
+        if x.dtype in ff.EXACT_DTYPES:  # ff._linear is F.linear of the contiguous weight there
+            return F.linear(act_fn(F.linear(x, w_gate.T.contiguous())) * F.linear(x, w_in.T.contiguous()) + b_in,
+                            w_out.T.contiguous(), b_out)
+        pre_act = ff._linear(mlp, "gate", x, w_gate.T, None, (w_gate,))
+        pre_linear = ff._linear(mlp, "in", x, w_in.T, None, (w_in,))
+        return ff._linear(mlp, "out", act_fn(pre_act) * pre_linear + b_in, w_out.T, b_out, (w_out,))
+
+    def _attention(self, attn: Any, x: torch.Tensor, layer: int, pos: int, norms: list[Any], qkv: list[Any],
+                   views: list[Any], w_o: torch.Tensor, w_o_view: torch.Tensor, b_o: torch.Tensor,
+                   table: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None, causal: bool
+                   ) -> torch.Tensor:
         """``_attention_forward`` for one new position, keys and values from the buffers."""
         d_head = attn.cfg.d_head
-        own = attn._parameters
-        params = [(own[w], own[b]) for w, b in attn.__dict__["_unlearn_qkv_names"]]
-        weights = [(w.permute(0, 2, 1).reshape(-1, w.shape[1]), b.reshape(-1)) for w, b in params]
         if x.dtype != torch.bfloat16 or not ff._PACKING or x.device.type != "cpu":
-            q, k, v = (F.linear(x, w, b) for w, b in weights)
+            q, k, v = (F.linear(x, w, b) for w, b in views)
         else:
-            n_q, n_k = weights[0][0].shape[0], weights[1][0].shape[0]
-            qkv = ff._linear(attn, "qkv", x, weights, None, tuple(p for pair in params for p in pair))
-            q, k, v = qkv[..., :n_q], qkv[..., n_q : n_q + n_k], qkv[..., n_q + n_k :]
-        q, k, v = (t.reshape(1, 1, -1, d_head) for t in (q, k, v))
-        if attn.cfg.use_qk_norm:
-            q = ff._norm(attn.q_norm, q.reshape(-1, d_head)).reshape(q.shape)
-            k = ff._norm(attn.k_norm, k.reshape(-1, d_head)).reshape(k.shape)
-        self.keys[layer][:, pos] = k[:, 0]
-        self.values[layer][:, pos] = v[:, 0]
-        self.rotated[layer][:, pos] = self._rotate(attn, k, pos)[:, 0]
-        q = self._rotate(attn, q, pos)
+            n_q, n_k = views[0][0].shape[0], views[1][0].shape[0]
+            fused = ff._linear(attn, "qkv", x, views, None, tuple(p for pair in qkv for p in pair))
+            q, k, v = fused[..., :n_q], fused[..., n_q : n_q + n_k], fused[..., n_q + n_k :]
+        q, k, v = q.reshape(1, 1, -1, d_head), k.reshape(1, 1, -1, d_head), v.reshape(1, 1, -1, d_head)
+        if norms[4] is not None:
+            q = _norm(norms[4], q.reshape(-1, d_head)).reshape(q.shape)
+            k = _norm(norms[5], k.reshape(-1, d_head)).reshape(k.shape)
+        rotated = _rotate(attn, k, pos, table)
+        self.keys[layer][:, pos : pos + 1] = k
+        self.values[layer][:, pos : pos + 1] = v
+        self.rotated[layer][:, pos : pos + 1] = rotated
+        q = _rotate(attn, q, pos, table)
         keys, values = self.rotated[layer][:, : pos + 1], self.values[layer][:, : pos + 1]
-        _, mask, causal, usable = ff._mask_info(attn, None, 1, pos)
         if q.dtype in ff.EXACT_DTYPES:
-            z = ff._exact_attention(attn, q, keys, values, mask)
+            z = _exact_attention(attn, q, keys, values, mask)
         else:
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2).to(q.dtype),
                 attn_mask=None if causal else mask, is_causal=causal, scale=1.0 / attn.attn_scale,
                 enable_gqa=keys.size(2) != q.size(2),
             ).transpose(1, 2)
-        w_o = own["W_O"]
-        w = w_o.permute(2, 0, 1).reshape(w_o.shape[2], -1)
-        return ff._linear(attn, "out", z.reshape(1, 1, -1).to(w.dtype), w, own["b_O"], (w_o,))
+        z = z.reshape(1, 1, -1)
+        if z.dtype in ff.EXACT_DTYPES:
+            return F.linear(z, w_o_view.contiguous(), b_o)
+        return ff._linear(attn, "out", z.to(w_o_view.dtype), w_o_view, b_o, (w_o,))
 
     def to_cache(self) -> Any:
         """A library key-value cache holding every position so far (keys as the library caches them)."""
