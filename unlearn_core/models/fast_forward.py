@@ -10,12 +10,10 @@ calls dozens of hook points), not by arithmetic. Two changes, per model and behi
   library's own per-forward ``rearrange(...)`` of each is a view instead of a copy of the matrix (same values and
   shapes, and the product sees the same contiguous layout the copy had: the library computes the same bits).
 * :func:`install_fast_forward` - blocks, attention and gated MLPs get a forward doing the library's arithmetic op
-  for op with fewer calls: ``ln1`` once, rotary embeddings from the tables directly,
-  the attention pattern without the no-op mask and NaN clean-up. In float32 the result is the library's, bit for
-  bit (:data:`EXACT_DTYPES`); bfloat16 models use one fused Q/K/V product and ``F.scaled_dot_product_attention``
-  instead (both sum in another order; SDPA in float32: no longer the library's bits, closer to plain transformers')
-  and oneDNN's pre-packed copies of the weight matrices (the same bits as ``F.linear``, about twice as fast on the
-  CPU; this doubles their memory).
+  for op with fewer calls: ``ln1`` once, rotary embeddings from the tables directly, the attention pattern without
+  the no-op mask and NaN clean-up. float32 gives the library's bits (:data:`EXACT_DTYPES`); bfloat16 uses one fused
+  Q/K/V product, SDPA (float32 sums, closer to transformers') and oneDNN's pre-packed weights (the same bits as
+  ``F.linear``, about twice as fast on the CPU, twice their memory).
 
 Every hook point still fires, with the library's tensors (``hook_resid_*``, ``hook_q/k/v``, the norms' hooks,
 ``hook_rot_q/k``, ``hook_z``, ``hook_attn_out``, ``hook_mlp_*``, sae_lens' ``mlp.hook_in``); a plain ``HookPoint``
@@ -230,32 +228,22 @@ def _norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
         plan = _norm_plan(norm)
     if not plan[4] or x.device != plan[7]:
         return norm(x)
-    dtype = plan[6]
-    if dtype not in (torch.float32, torch.float64):
-        x = x.to(torch.float32)
-    scale = (x.pow(2).mean(-1, keepdim=True) + plan[5]).sqrt()
-    return (x / scale).to(dtype) * plan[1]
+    x = x if plan[6] in (torch.float32, torch.float64) else x.to(torch.float32)
+    return (x / (x.pow(2).mean(-1, keepdim=True) + plan[5]).sqrt()).to(plan[6]) * plan[1]
 
 
-_NORM_PLAN = "_unlearn_norm_plan"
-_HANDLES = torch.utils.hooks.RemovableHandle
-"""Every hook registration (``register_*_hook``, TransformerLens' ``add_hook``) takes the next ``id`` of this class,
-so a cached "no hook here" is stale only once ``next_id`` moved; removing a hook leaves it stale the safe way (the
-module is then called, which is the library's own path)."""
+_NORM_PLAN, _HANDLES = "_unlearn_norm_plan", torch.utils.hooks.RemovableHandle  # hook registrations take its next id
 
 
 def _norm_plan(norm: Any) -> tuple[Any, ...]:
-    """What :func:`_norm` needs to know of one norm module, checked once per hook registration anywhere:
-    ``(hook epoch, w, hook_scale, hook_normalized, inline?, eps, dtype, device)``."""
-    epoch = _HANDLES.next_id
-    w = norm._parameters.get("w")
+    """``(hook epoch, w, hook_scale, hook_normalized, inline?, eps, dtype, device)`` of a norm, for :func:`_norm`."""
+    epoch, w = _HANDLES.next_id, norm._parameters.get("w")
     scale_hook, normalized_hook = norm._modules.get("hook_scale"), norm._modules.get("hook_normalized")
     inline = (type(norm).__name__ == "RMSNorm" and type(norm).__module__ == _RMS_MODULE and w is not None
               and scale_hook is not None and normalized_hook is not None and not _hooked(norm)
               and not _hooked(scale_hook) and not _hooked(normalized_hook))
-    plan = (epoch, w, scale_hook, normalized_hook, inline, getattr(norm, "eps", None), getattr(norm.cfg, "dtype", None),
-            None if w is None else w.device)
-    norm.__dict__[_NORM_PLAN] = plan
+    norm.__dict__[_NORM_PLAN] = plan = (epoch, w, scale_hook, normalized_hook, inline, getattr(norm, "eps", None),
+                                         getattr(norm.cfg, "dtype", None), None if w is None else w.device)
     return plan
 
 
