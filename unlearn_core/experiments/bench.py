@@ -36,6 +36,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -103,14 +104,15 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def _fastest(jobs: dict[str, Callable[[], Any]], repeats: int, say: Callable[[str], None],
-             what: str) -> dict[str, tuple[float, Any]]:
-    """Run the jobs interleaved ``repeats`` times; each job's minimum time and its last output."""
-    best: dict[str, tuple[float, Any]] = {}
+             what: str) -> dict[str, tuple[float, Any, list[float]]]:
+    """Run the jobs interleaved ``repeats`` times; each job's minimum time, its last output and every time."""
+    best: dict[str, tuple[float, Any, list[float]]] = {}
     for r in range(repeats):
         say(f"{what}: {' / '.join(jobs)}, repeat {r + 1}/{repeats}")
         for name, job in jobs.items():
             t, out = _timed(job)
-            best[name] = (min(t, best[name][0]) if name in best else t, out)
+            times = [*best[name][2], t] if name in best else [t]
+            best[name] = (min(times), out, times)
     return best
 
 
@@ -256,7 +258,7 @@ def run_benchmark(
     t_loop, loop_res = _timed(lambda: perplexity_one_at_a_time(lm, texts))
     ours = _fastest({"plain": lambda: perplexity(lm, texts), "1layer": lambda: perplexity(lm, texts, hooks_1),
                      "3layer": lambda: perplexity(lm, texts, hooks_3)}, repeats, say, "batched float32 ablation")
-    (t_plain, batched_res), t_one, t_three = ours["plain"], ours["1layer"][0], ours["3layer"][0]
+    (t_plain, batched_res, _), t_one, t_three = ours["plain"], ours["1layer"][0], ours["3layer"][0]
     peak_fp32 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res: dict[str, Any] = {
         "batched_vs_loop_speedup": fresh["seconds"] / t_plain,
@@ -295,10 +297,10 @@ def _precision_and_peer(lm: LoadedModel, texts: Sequence[str], fast_dtype: str, 
     lm_fast = lm if fast == lm.dtype else load_model(PRESET, device="cpu", dtype=fast)
     models: dict[str, LoadedModel] = {"float32": lm, fast_name: lm_fast}
     hf = {name: load_hf_model(m.dtype) for name, m in models.items()} if peer else {}
-    for name, m in models.items():
-        perplexity(m, texts[:8])
+    for name, m in models.items():  # warm-up on the very batches timed (oneDNN builds a kernel per shape)
+        perplexity(m, texts)
         if name in hf:
-            hf_perplexity(hf[name], m, texts[:8])
+            hf_perplexity(hf[name], m, texts)
     ppl_jobs: dict[str, Callable[[], Any]] = {}
     for name, m in models.items():
         ppl_jobs[f"ours {name}"] = lambda m=m: perplexity(m, texts)
@@ -330,6 +332,10 @@ def _precision_and_peer(lm: LoadedModel, texts: Sequence[str], fast_dtype: str, 
         out["hf_gen_ratio"][name] = out["gen_tokens_per_s"]["ours"][name] / out["gen_tokens_per_s"]["hf"][name]
         out.setdefault("hf_ppl_rel_diff", {})[name] = ppl[f"ours {name}"][1].perplexity / ppl[f"hf {name}"][1].perplexity - 1.0
         out.setdefault("hf_gen_same_tokens", {})[name] = ours_ids[name] == gen[f"hf {name}"][1]
+    for name in hf:  # transformers' batched forward varies a lot run to run (it allocates the full logits)
+        ours_t, hf_t = (statistics.median(ppl[f"{side} {name}"][2]) for side in ("ours", "hf"))
+        out.setdefault("hf_ppl_ratio_median", {})[name] = hf_t / ours_t
+        out.setdefault("ppl_seconds_all", {})[name] = {side: ppl[f"{side} {name}"][2] for side in ("ours", "hf")}
     out["fast_vs_fp32_ppl_speedup"] = ppl["ours float32"][0] / ppl[f"ours {fast_name}"][0]
     if "hf float32" in ppl:
         out["hf_fast_vs_fp32_ppl_speedup"] = ppl["hf float32"][0] / ppl[f"hf {fast_name}"][0]
@@ -391,6 +397,8 @@ def format_benchmark(res: dict[str, Any]) -> str:
         for name, value in tps["ours"].items():
             theirs = tps["hf"].get(name)
             peer = f", transformers {theirs:.0f} tok/s -> ours x{res[f'hf_{kind}_ratio'][name]:.2f}" if theirs else ""
+            if theirs and kind == "ppl" and name in res.get("hf_ppl_ratio_median", {}):
+                peer += f" (fastest of each; medians: x{res['hf_ppl_ratio_median'][name]:.2f})"
             lines.append(f"{'perplexity' if kind == 'ppl' else 'generation'} {name}: ours {value:.0f} tok/s{peer}")
     for corpus, d in res["precision_drift"].items():
         lines.append(f"drift on {corpus}: baseline {d['baseline_rel_diff']:+.2e}, ablated {d['ablated_rel_diff']:+.2e}, "

@@ -1,0 +1,52 @@
+"""Batched perplexity, ours against plain transformers, each run several times in a row (not interleaved), in
+float32 and bfloat16: every run's tokens per second, so the spread shows.
+
+    python scripts/ppl_peer_check.py [--texts 16] [--runs 6] [--dtypes float32 bfloat16]
+
+``bench`` interleaves the two sides; there transformers' batched forward (which allocates the full
+[batch, tokens, 262k] logits and upcasts them for the loss) often runs at a fraction of the speed it reaches
+when run back to back, as here. Its fastest run here is the fair peer for the "x2" question.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from unlearn_core.data.texts import load_texts
+from unlearn_core.experiments.peer import hf_perplexity, load_hf_model
+from unlearn_core.models.loading import load_model
+from unlearn_core.models.patches import keep_freed_memory
+from unlearn_core.scoring.perplexity import perplexity
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--texts", type=int, default=16)
+    ap.add_argument("--runs", type=int, default=6)
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    args = ap.parse_args()
+    keep_freed_memory()  # as the CLI runs (bench too)
+    texts = [t for t in load_texts("wikitext2").texts if t.strip()][: args.texts]
+    for dtype in args.dtypes:
+        check_dtype(dtype, texts, args.runs)
+
+
+def check_dtype(dtype: str, texts: list[str], runs: int) -> None:
+    lm = load_model("gemma-3-270m-offline", dtype=dtype)
+    hf = load_hf_model(lm.dtype)
+    rates: dict[str, list[float]] = {}
+    for side, run in (("ours", lambda: perplexity(lm, texts)), ("transformers", lambda: hf_perplexity(hf, lm, texts))):
+        run()  # warm-up on the same batches
+        rates[side] = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            result = run()
+            rates[side].append(result.n_tokens / (time.perf_counter() - start))
+    best = {side: max(r) for side, r in rates.items()}
+    print(f"{dtype}: " + "; ".join(f"{side} " + " ".join(f"{r:.0f}" for r in rs) + " tok/s" for side, rs in rates.items()))
+    print(f"  fastest of each: ours x{best['ours'] / best['transformers']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
