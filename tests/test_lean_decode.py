@@ -70,6 +70,14 @@ def test_a_hook_or_an_sae_hands_back_the_library_cache():
         with torch.enable_grad():
             assert again.step(patched, NEXT[0]) is None
         assert LeanDecode.start(gemma_like(), _prompt_pass(gemma_like()), 32) is None  # no fast forward installed
+        _, swapped = pair()
+        swapped.blocks[0].hook_resid_mid = _Doubler()  # a module in a hook point's place, by hand
+        assert LeanDecode.start(swapped, _prompt_pass(swapped), 32) is None
+
+
+class _Doubler(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
 
 
 def test_generation_goes_through_it_for_one_row_only(monkeypatch):

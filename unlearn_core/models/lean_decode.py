@@ -4,19 +4,21 @@
 After the prompt pass, generating one token runs every block on one position. Through ``HookedTransformer``
 that costs, besides the weight matrices (memory-bound), its forward's input handling, a module call and hook
 checks for every block, attention, MLP, norm and hook point, a ``torch.cat`` of every layer's whole key and
-value cache, and the rotary embedding of *every* cached key again (the library caches keys before rotation).
-Measured here, that is a fifth of a token's time. :class:`LeanDecode` keeps one row's keys and values in
-preallocated buffers - the keys both as the library caches them and rotated, since rotation acts on each position
-alone and so gives the same numbers whether applied to one key or to all of them - and runs the blocks in one
-loop with the very ops of :mod:`unlearn_core.models.fast_forward` (its norms, products, rotation and attention
-functions; float32 is therefore still the library's result bit for bit, bfloat16 the fast path's).
+value cache, and the rotary embedding of *every* cached key again (the library caches keys before rotation): about
+an eighth of a token's time here (``python scripts/gen_speed_check.py`` times ours with and without this loop).
+:class:`LeanDecode` keeps one row's keys and values in preallocated buffers - the keys both as the library caches
+them and rotated, since rotation acts on each position alone and so gives the same numbers whether applied to one
+key or to all of them - and runs the blocks in one loop with the very ops of
+:mod:`unlearn_core.models.fast_forward` (float32 is therefore still the library's result bit for bit, bfloat16 the
+fast path's).
 
-It applies only while nothing could see the difference: every step first checks that no module of the model has
-a hook (nor is there a global one), that no module was swapped for another since the decoding started (sae_lens'
-``add_sae`` swaps hook points for SAEs), that gradients are off, and that the fast forward is still installed;
-otherwise it hands back a library cache holding everything so far (:meth:`LeanDecode.to_cache`) and the caller
-goes on the library's way. One row only (no padding to mask): the batched grids of the Compare page keep the
-library's path. ``tests/test_fast_forward.py`` checks tokens and residuals against the library.
+It applies only while nothing could see the difference: every step checks that gradients are off, that there is
+no global hook, no SAE attached through sae_lens and that the fast forward is still installed; and, whenever a hook
+was registered anywhere since the last clean check, that no module has a hook and none was swapped since the
+decoding started (:meth:`LeanDecode.untouched`). Otherwise it hands back a library cache holding everything so far
+(:meth:`LeanDecode.to_cache`) and the caller goes on the library's way. One row only (no padding to mask): the
+batched grids of the Compare page keep the library's path. ``tests/test_lean_decode.py`` checks residuals, caches
+and tokens against the library.
 """
 
 from __future__ import annotations
@@ -126,6 +128,11 @@ class LeanDecode:
         first = cache.entries[0].past_keys
         if first.shape[0] != 1 or not bool(cache.previous_attention_mask.all()):
             return None
+        from transformer_lens.hook_points import HookPoint
+
+        if any(name.rsplit(".", 1)[-1].startswith("hook_") and type(m) is not HookPoint
+               for name, m in model.named_modules()):
+            return None  # something in a hook point's place (the loop skips hook points: they would be identities)
         state = cls(model, cache, capacity)
         return state if state.untouched() else None
 
@@ -137,15 +144,14 @@ class LeanDecode:
         next ``RemovableHandle`` id) or sae_lens has an SAE attached (``acts_to_saes``), and is skipped otherwise:
         removing a hook cannot make a clean model unclean. (Swapping a module by hand between two steps of one
         decoding, from another thread, is the one change this does not see.)"""
-        if torch.is_grad_enabled() or ff._global_hooks():
+        if torch.is_grad_enabled() or ff._global_hooks() or getattr(self.model, "acts_to_saes", None) \
+                or not all(ff._SAVED in b.__dict__ and ff._SAVED in b.attn.__dict__ for b in self.blocks):
             return False
         epoch = ff._HANDLES.next_id
-        if epoch == self.clean_epoch and not getattr(self.model, "acts_to_saes", None):
+        if epoch == self.clean_epoch:
             return True
         modules = self.modules
-        clean = not any(any(map(get, modules)) for get in _HOOK_DICTS) and self._children() == self.children \
-            and not getattr(self.model, "acts_to_saes", None) \
-            and all(ff._SAVED in b.__dict__ and ff._SAVED in b.attn.__dict__ for b in self.blocks)
+        clean = not any(any(map(get, modules)) for get in _HOOK_DICTS) and self._children() == self.children
         self.clean_epoch = epoch if clean else None
         return clean
 
