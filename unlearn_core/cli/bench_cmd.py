@@ -30,7 +30,7 @@ def add_bench_parser(sub: Any) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from unlearn_core.experiments.bench import format_benchmark, run_benchmark
+    from unlearn_core.experiments.bench import run_benchmark
 
     if args.texts < 8 or args.repeats < 1 or args.drift_texts < 1:
         raise InputError("bench needs --texts >= 8, --repeats >= 1 and --drift-texts >= 1")
@@ -45,3 +45,38 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=1))
     return 0
+
+
+def format_benchmark(res: dict[str, Any]) -> str:
+    """Readable summary of :func:`run_benchmark` output."""
+    s = res["settings"]
+    fast = s["fast_dtype"]
+    lines = [
+        f"texts: {s['n_texts']} WikiText-2 rows, {res['tokens']} scored tokens, {s['threads']} threads, {s['device']}; "
+        f"fast precision: {s['fast_precision']}",
+        f"perplexity, study's loop as it ran (fresh process, default allocator): {res['study_loop_fresh_process_seconds']:.2f} s",
+        f"perplexity, study's loop in this process: {res['loop_seconds']:.2f} s ({res['loop_tokens_per_second']:.0f} tok/s)",
+        f"perplexity, batched float32: {res['batched_seconds']:.2f} s ({res['batched_tokens_per_second']:.0f} tok/s)",
+        f"batched vs the study's loop: x{res['batched_vs_loop_speedup']:.2f} "
+        f"(same process: x{res['batched_vs_loop_same_process_speedup']:.2f}; "
+        f"same perplexity to {res['perplexity_rel_diff']:.1e})",
+        f"ablation overhead, 1 layer: {100 * res['ablation_overhead_1layer']:+.1f}%; 3 layers: "
+        f"{100 * res['ablation_overhead_3layer']:+.1f}%",
+        f"peak RSS (float32 part): {res['peak_rss_mb']:.0f} MB; with every model loaded: {res['peak_rss_mb_all_models']:.0f} MB",
+        f"{fast} vs float32 perplexity: x{res['fast_vs_fp32_ppl_speedup']:.2f} faster, "
+        f"drift {res['fast_vs_fp32_ppl_drift']:+.2e}",
+    ]
+    for kind in ("ppl", "gen"):
+        tps = res[f"{kind}_tokens_per_s"]
+        for name, value in tps["ours"].items():
+            theirs = tps["hf"].get(name)
+            peer = f", transformers {theirs:.0f} tok/s -> ours x{res[f'hf_{kind}_ratio'][name]:.2f}" if theirs else ""
+            if theirs and kind == "ppl" and name in res.get("hf_ppl_ratio_median", {}):
+                peer += f" (fastest of each; medians: x{res['hf_ppl_ratio_median'][name]:.2f})"
+            lines.append(f"{'perplexity' if kind == 'ppl' else 'generation'} {name}: ours {value:.0f} tok/s{peer}")
+    for corpus, d in res["precision_drift"].items():
+        lines.append(f"drift on {corpus}: baseline {d['baseline_rel_diff']:+.2e}, ablated {d['ablated_rel_diff']:+.2e}, "
+                     f"ratio {d['ratio_fp32']:.4f} -> {d['ratio_fast']:.4f} ({d['ratio_rel_diff']:+.2e})")
+    lines.append(f"Compare page's generations ({s['compare_cells']} cells x {s['max_new_tokens']} tokens): "
+                 f"{res['compare_generations_s']:.1f} s in {fast}, {res['compare_generations_fp32_s']:.1f} s in float32")
+    return "\n".join(lines)
