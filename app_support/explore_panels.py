@@ -11,7 +11,7 @@ import streamlit as st
 
 from app_support import resources, state, views
 from app_support.forget_ops import apply_ticks, chosen_ids
-from app_support.safe_text import md_escape
+from app_support.safe_text import RUN_FAILURES, failure_message, md_escape
 from app_support.state import PERSIST, Key
 from unlearn_core.errors import UnlearnError
 from unlearn_core.explain.dashboards import Dashboards
@@ -32,7 +32,12 @@ def specificity_reference(ws, loaded: LoadedSae, board: Dashboards | None) -> Re
     rates on the everyday reference prompts; None without dashboards."""
     if board is None:
         return None
-    counts, n_tokens = resources.get_reference_prompt_counts(ws.preset.name, ws.device, ws.dtype, ws.lm, loaded)
+    try:
+        counts, n_tokens = resources.get_reference_prompt_counts(ws.preset.name, ws.device, ws.dtype, ws.lm, loaded)
+    except RUN_FAILURES as exc:  # ranked against general text alone, and said so
+        reason = failure_message(exc, "use fewer layers")
+        st.warning(f"Everyday reference prompts unavailable ({reason}); ranking against general text only.")
+        return general_reference(board)
     return with_reference_prompts(general_reference(board), counts, n_tokens)
 
 

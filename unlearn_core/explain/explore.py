@@ -204,15 +204,16 @@ class ExploreResult:
             return []
         width = sa.sae.width
         counts = torch.zeros(width, dtype=torch.float64).index_add_(0, latents, torch.ones_like(values, dtype=torch.float64))
+        active = counts > 0
+        if exclude:
+            active[torch.tensor(sorted(exclude), dtype=torch.long)] = False
         if by == "specific":
             if reference is None:
                 raise InputError("ranking by specificity needs the SAE's reference rates (its dashboards)")
             contrast_counts, contrast_tokens = contrast.counts(ref) if contrast is not None else (None, 0)
             score = specificity(counts, n_tokens, reference, contrast_counts, contrast_tokens)
             if prompt is None:
-                considered = score.clone()
-                if exclude:
-                    considered[torch.tensor(sorted(exclude), dtype=torch.long)] = -torch.inf
+                considered = torch.where(active, score, torch.full_like(score, -torch.inf))
                 pairs = torch.unique(torch.stack([latents, self.row_prompt[rows]], dim=1), dim=0)
                 score = score + THEME_WEIGHT * torch.log(theme_weights(considered, pairs, len(self.tokens)))
         elif by == "max":
@@ -221,9 +222,6 @@ class ExploreResult:
             score = torch.zeros(width, dtype=torch.float64).index_add_(0, latents, values.double()) / max(n_tokens, 1)
         else:
             score = counts / max(n_tokens, 1)
-        active = counts > 0
-        if exclude:
-            active[torch.tensor(sorted(exclude), dtype=torch.long)] = False
         score = torch.where(active, score, torch.full_like(score, -torch.inf))
         order = torch.argsort(score, descending=True, stable=True)[: min(k, int(active.sum()))]
         return [

@@ -34,6 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules import module as nn_module
 
+from unlearn_core.models.exact_ops import exact_attention as _exact_attention
+from unlearn_core.models.exact_ops import rms_norm
+from unlearn_core.models.exact_ops import rotate as _rotate
+
 _QKV = (("W_Q", "b_Q"), ("W_K", "b_K"), ("W_V", "b_V"))
 _FALLBACK_HOOKS = ("hook_attn_scores", "hook_pattern", "hook_result")
 _PACKED = "_unlearn_packed_weights"
@@ -228,8 +232,7 @@ def _norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
         plan = _norm_plan(norm)
     if not plan[4] or x.device != plan[7]:
         return norm(x)
-    x = x if plan[6] in (torch.float32, torch.float64) else x.to(torch.float32)
-    return (x / (x.pow(2).mean(-1, keepdim=True) + plan[5]).sqrt()).to(plan[6]) * plan[1]
+    return rms_norm(x, plan[1], plan[5], plan[6])
 
 
 _NORM_PLAN, _HANDLES = "_unlearn_norm_plan", torch.utils.hooks.RemovableHandle  # hook registrations take its next id
@@ -296,46 +299,6 @@ def _same_mask(stored: torch.Tensor | None, mask: torch.Tensor | None) -> bool:
     if stored is None or mask is None:
         return stored is None and mask is None
     return stored.shape == mask.shape and stored.device == mask.device and torch.equal(stored, mask)
-
-
-def _rotate(self: Any, x: torch.Tensor, offset: int) -> torch.Tensor:
-    """``apply_rotary`` for consecutive positions from ``offset`` (no padding), the same arithmetic: TransformerLens'
-    ``x * cos + rotate_every_two(x) * sin`` with ``rotate_every_two(x) * sin`` as ``roll(x) * (sign * sin)`` (a sign
-    flip is exact, so the products are the same numbers)."""
-    n, rd = x.size(1), self.cfg.rotary_dim
-    cos, sin = self.rotary_cos, _signed_sin(self)
-    cos, sin = cos[None, offset : offset + n, None, :], sin[None, offset : offset + n, None, :]
-    if rd == x.size(-1):
-        return x * cos + x.roll(rd // 2, dims=-1) * sin
-    x_rot = x[..., :rd]
-    return torch.cat([x_rot * cos + x_rot.roll(rd // 2, dims=-1) * sin, x[..., rd:]], dim=-1)
-
-
-def _signed_sin(self: Any) -> torch.Tensor:
-    """``rotary_sin`` with its first half negated (kept until the table is rebuilt)."""
-    table = self.rotary_sin
-    cached = self.__dict__.get("_unlearn_signed_sin")
-    if cached is None or cached[0] is not table:
-        half = table.size(-1) // 2
-        cached = self.__dict__["_unlearn_signed_sin"] = (table, torch.cat([-table[..., :half], table[..., half:]], -1))
-    return cached[1]
-
-
-def _exact_attention(self: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-                     ) -> torch.Tensor:
-    """The library's scores, soft-cap, mask, softmax and weighted values, op for op (so bit for bit), minus what
-    changes nothing here: the mask where every key is visible, and the NaN-to-zero of rows that see no key."""
-    from transformer_lens.utilities.activation_functions import apply_softcap
-
-    if k.size(2) != q.size(2):  # GroupedQueryAttention: expand the key-value heads
-        k = torch.repeat_interleave(k, dim=2, repeats=q.size(2) // k.size(2))
-        v = torch.repeat_interleave(v, dim=2, repeats=q.size(2) // v.size(2))
-    scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) / self.attn_scale
-    scores = apply_softcap(scores, self.cfg.attn_scores_soft_cap)
-    if mask is not None:
-        scores = torch.where(mask, scores, self.IGNORE)
-    pattern = F.softmax(scores, dim=-1).to(v.dtype)
-    return (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
 
 
 def _attention_forward(self: Any, query_input: torch.Tensor, key_input: torch.Tensor, value_input: torch.Tensor,

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from unlearn_core.models import exact_ops
 from unlearn_core.models import fast_forward as ff
 
 _GROW = 64
@@ -39,44 +40,12 @@ _CHILDREN = attrgetter("_modules")
 
 def _norm(plan: tuple[Any, ...], x: torch.Tensor) -> torch.Tensor:
     """:func:`ff._norm` from a :meth:`LeanDecode._norm_plan`: the same ops, no checks (the loop made them)."""
-    if len(plan) == 1:
-        return plan[0](x)
-    w, eps, dtype = plan
-    if dtype not in (torch.float32, torch.float64):
-        x = x.to(torch.float32)
-        return (x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()).to(dtype) * w
-    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w
+    return plan[0](x) if len(plan) == 1 else exact_ops.rms_norm(x, *plan)
 
 
 def _rotate(attn: Any, x: torch.Tensor, pos: int, table: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """:func:`ff._rotate` of one position from its rows of the tables (the same ops), or the library's rotation."""
-    if table is None:
-        return attn.apply_rotary(x, pos, None)
-    cos, sin = table
-    rd = attn.cfg.rotary_dim
-    if rd == x.size(-1):
-        return x * cos + x.roll(rd // 2, dims=-1) * sin
-    x_rot = x[..., :rd]
-    return torch.cat([x_rot * cos + x_rot.roll(rd // 2, dims=-1) * sin, x[..., rd:]], dim=-1)
-
-
-def _exact_attention(attn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-                     ) -> torch.Tensor:
-    """:func:`ff._exact_attention` without its no-ops here (a disabled soft-cap, a same-dtype cast): the same
-    bits."""
-    if k.size(2) != q.size(2):
-        k = torch.repeat_interleave(k, dim=2, repeats=q.size(2) // k.size(2))
-        v = torch.repeat_interleave(v, dim=2, repeats=q.size(2) // v.size(2))
-    scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) / attn.attn_scale
-    cap = attn.cfg.attn_scores_soft_cap
-    if cap is not None and cap > 0:  # TransformerLens' apply_softcap, which is the identity otherwise
-        scores = cap * torch.tanh(scores / cap)
-    if mask is not None:
-        scores = torch.where(mask, scores, attn.IGNORE)
-    pattern = F.softmax(scores, dim=-1)
-    if pattern.dtype != v.dtype:
-        pattern = pattern.to(v.dtype)
-    return (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
+    """:func:`exact_ops.rotate` of one position from its rows of the tables, or the library's rotation."""
+    return attn.apply_rotary(x, pos, None) if table is None else exact_ops.rotate_rows(x, *table, attn.cfg.rotary_dim)
 
 
 def _supported(model: Any) -> bool:
@@ -113,7 +82,7 @@ class LeanDecode:
             values = v.new_empty((1, size, *v.shape[2:]))
             rotated = k.new_empty((1, size, *k.shape[2:]))
             keys[:, : self.n], values[:, : self.n] = k, v
-            rotated[:, : self.n] = ff._rotate(block.attn, k, 0) if self.n <= block.attn.rotary_cos.shape[0] \
+            rotated[:, : self.n] = exact_ops.rotate(block.attn, k, 0) if self.n <= block.attn.rotary_cos.shape[0] \
                 and k.device == block.attn.rotary_cos.device else block.attn.apply_rotary(k, 0, None)
             self.keys.append(keys)
             self.values.append(values)
@@ -196,7 +165,7 @@ class LeanDecode:
                 w_o.permute(2, 0, 1).reshape(w_o.shape[2], -1), own["b_O"],
                 (mlp_own["W_gate"], mlp_own["W_in"], mlp_own["W_out"], mlp_own["b_in"], mlp_own["b_out"], mlp.act_fn)
                 if fast_mlp else None,
-                attn.rotary_cos, ff._signed_sin(attn),
+                attn.rotary_cos, exact_ops.signed_sin(attn),
             ))
         self.refs = [(d, name, d[name], d[name].data_ptr()) for d, name in refs]
         return plans
@@ -277,7 +246,7 @@ class LeanDecode:
         q = _rotate(attn, q, pos, table)
         keys, values = self.rotated[layer][:, : pos + 1], self.values[layer][:, : pos + 1]
         if q.dtype in ff.EXACT_DTYPES:
-            z = _exact_attention(attn, q, keys, values, mask)
+            z = exact_ops.exact_attention(attn, q, keys, values, mask)
         else:
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2).to(q.dtype),
