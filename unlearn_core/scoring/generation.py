@@ -11,7 +11,8 @@ grid together, one token for every row per forward pass:
   padded slots get no attention weight. Those passes edit every position (it is a generated token);
 * a row that emits EOS (or has all its tokens) leaves the batch; generation ends when no row is left;
 * a single row with no hooks (one prompt, a baseline) decodes through
-  :class:`~unlearn_core.models.lean_decode.LeanDecode` (speed patches on): the same tokens, a fifth less time.
+  :class:`~unlearn_core.models.lean_decode.LeanDecode` (speed patches on): the same tokens, about an eighth less
+  time (`scripts/gen_speed_check.py`).
 
 The model lock is taken for one forward pass at a time, so other callers sharing the model get a turn between
 steps. Greedy results equal one-at-a-time generation token for token (``tests/test_generation.py``); the numbers
