@@ -5,13 +5,17 @@ float32 and bfloat16: every run's tokens per second, so the spread shows.
 
 ``bench`` interleaves the two sides; there transformers' batched forward (which allocates the full
 [batch, tokens, 262k] logits and upcasts them for the loss) often runs at a fraction of the speed it reaches
-when run back to back, as here. Its fastest run here is the fair peer for the "x2" question.
+when run back to back, as here. Its fastest run here is the fair peer for the "x2" question. Also prints the rate of
+a bare matrix product of the unembedding's shape (1024 rows x 640 x 262k) in each precision: the ceiling both sides
+share.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+
+import torch
 
 from unlearn_core.data.texts import load_texts
 from unlearn_core.experiments.peer import hf_perplexity, load_hf_model
@@ -32,6 +36,22 @@ def main() -> None:
         check_dtype(dtype, texts, args.runs)
 
 
+def bare_unembedding_gflops(lm: object, runs: int) -> float:
+    """GFLOPS of ``x @ W_U`` for 1024 rows in the model's dtype (fastest of ``runs``)."""
+    w_u = lm.model.W_U.detach()  # type: ignore[attr-defined]
+    x = torch.randn(1024, w_u.shape[0]).to(w_u.dtype)
+    with torch.inference_mode():
+        x @ w_u
+        best = min(_seconds(lambda: x @ w_u) for _ in range(runs))
+    return 2 * x.shape[0] * w_u.shape[0] * w_u.shape[1] / best / 1e9
+
+
+def _seconds(job: object) -> float:
+    start = time.perf_counter()
+    job()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
 def check_dtype(dtype: str, texts: list[str], runs: int) -> None:
     lm = load_model("gemma-3-270m-offline", dtype=dtype)
     hf = load_hf_model(lm.dtype)
@@ -45,7 +65,8 @@ def check_dtype(dtype: str, texts: list[str], runs: int) -> None:
             rates[side].append(result.n_tokens / (time.perf_counter() - start))
     best = {side: max(r) for side, r in rates.items()}
     print(f"{dtype}: " + "; ".join(f"{side} " + " ".join(f"{r:.0f}" for r in rs) + " tok/s" for side, rs in rates.items()))
-    print(f"  fastest of each: ours x{best['ours'] / best['transformers']:.2f}")
+    print(f"  fastest of each: ours x{best['ours'] / best['transformers']:.2f}; "
+          f"bare unembedding product: {bare_unembedding_gflops(lm, runs):.0f} GFLOPS")
 
 
 if __name__ == "__main__":
