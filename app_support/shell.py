@@ -18,6 +18,7 @@ the end of every run.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,15 +138,21 @@ def draw_sidebar() -> state.Settings:
 def frame() -> Iterator[state.Settings]:
     """app.py's frame around the page: draw the sidebar once for this run; the page reads its settings. At the
     end of the run, whatever ended it, the forget set's draft is saved."""
-    session = state.session()
     drafts.begin_run()
     settings = _draw_frame()
-    session.sidebar_drawn = True
+    _FRAME.drawn = True
     try:
         yield settings
     finally:  # also when the page stops or reruns (st.stop, st.rerun raise)
-        session.sidebar_drawn = False
+        _FRAME.drawn = False
         drafts.autosave()
+
+
+_FRAME = threading.local()
+"""``drawn``: True while app.py's frame (sidebar drawn for this run) is around the page running in this thread.
+Per script thread, not per session: when a click interrupts a run, Streamlit may start the new run in a new thread
+before the old one has finished unwinding, and a session-wide flag cleared by the old run then made the new run's
+page draw the sidebar a second time (a duplicate widget key)."""
 
 
 def _draw_frame() -> state.Settings:
@@ -215,7 +222,7 @@ def page_setup(needs_model: bool = True) -> state.Workspace:
     or it is already loaded. Failures become ``ws.error``, a plain-text message for the page to show (escaped).
 
     Called first by every page; a page run without app.py never gets past it (:func:`_run_app_instead`)."""
-    if not state.session().sidebar_drawn:
+    if not getattr(_FRAME, "drawn", False):
         _run_app_instead()
     ws = state.Workspace.from_settings(current_settings())
     state.session().workspace = ws

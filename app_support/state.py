@@ -309,8 +309,6 @@ class Session:
     """What the last autosave wrote (content, file, saved copy), so an unchanged list is not written again."""
     settings: Settings | None = None
     """The sidebar's choices in this run (app_support.shell draws the sidebar before the page's body runs)."""
-    sidebar_drawn: bool = False
-    """True while app.py's frame (sidebar drawn for this run) is around the running page."""
     workspace: Workspace | None = None
     """This run's workspace, set by the page's :func:`app_support.shell.page_setup`."""
 

@@ -17,7 +17,8 @@ from unlearn_core.experiments.peer import hf_generate_ids, hf_perplexity
 from unlearn_core.models import precision
 from unlearn_core.models.loading import LoadedModel, resolve_dtype
 from unlearn_core.models.presets import get_preset
-from unlearn_core.scoring.batching import _final_logprobs, score_tokens, tokenize_with_bos
+from unlearn_core.scoring.batching import score_tokens, tokenize_with_bos
+from unlearn_core.scoring.vocab_logprobs import final_logprobs
 
 PRESET = get_preset("gemma-3-270m-offline")
 TEXTS = ["The owl flew over the castle at night.", "A short one.", "Numbers: 1, 2, 3, 4, 5 and six.",
@@ -104,7 +105,7 @@ def test_final_logprobs_of_a_bf16_model_are_float32(tiny_lm):
     assert all(s.logprobs.dtype == torch.float32 for s in scores)
     assert all(bool(torch.isfinite(s.logprobs).all()) and bool((s.logprobs <= 0).all()) for s in scores)
     resid = torch.randn(5, lm16.model.cfg.d_model, dtype=torch.bfloat16)
-    logp, hits = _final_logprobs(lm16.model, resid, torch.arange(5))
+    logp, hits = final_logprobs(lm16.model, resid, torch.arange(5))
     assert logp.dtype == torch.float32 and hits.dtype == torch.bool
     # close to float32 scoring of the same weights
     ref = score_tokens(tiny_lm, seqs)

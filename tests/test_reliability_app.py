@@ -466,3 +466,36 @@ def test_compare_reports_running_out_of_memory_and_keeps_going(tiny_app, monkeyp
     errors = messages(at, "error")
     assert "Out of memory: try fewer texts or fewer tokens per text" in errors and "20.00 GiB" not in errors
     assert button(at, "Run perplexity")  # still there: nothing crashed
+
+
+def test_an_old_run_ending_in_another_thread_leaves_the_new_runs_frame_drawn(monkeypatch):
+    """Fast reruns start the new run in a new thread while the old one unwinds; the old run's end must not make the
+    new run's page think the sidebar is missing (it would draw it again: a duplicate widget key)."""
+    import threading
+
+    from app_support import drafts, shell
+
+    monkeypatch.setattr(drafts, "begin_run", lambda: None)
+    monkeypatch.setattr(drafts, "autosave", lambda: None)
+    monkeypatch.setattr(shell, "_draw_frame", lambda: "settings")
+    old_inside, new_checked, seen = threading.Event(), threading.Event(), {}
+
+    def old_run():
+        with shell.frame():
+            old_inside.set()
+            new_checked.wait(10)  # the new run enters its frame while this one is still inside ...
+        # ... and this one's frame ends only now
+
+    def new_run():
+        old_inside.wait(10)
+        with shell.frame():
+            old.join(0.2)
+            new_checked.set()
+            old.join(10)
+            seen["drawn"] = getattr(shell._FRAME, "drawn", False)
+
+    old, new = threading.Thread(target=old_run), threading.Thread(target=new_run)
+    old.start(), new.start()
+    new.join(20), old.join(20)
+    assert seen == {"drawn": True}
+    assert not getattr(shell._FRAME, "drawn", False)  # this thread never ran a frame

@@ -216,8 +216,9 @@ def _assert_same_stats(whole, combined) -> None:
         c = combined[ref]
         assert (w.n_tokens, w.n_texts, w.sae_ref, w.hook_name) == (c.n_tokens, c.n_texts, c.sae_ref, c.hook_name)
         assert torch.equal(w.fire_count, c.fire_count) and torch.equal(w.text_count, c.text_count)
-        assert torch.equal(w.act_max, c.act_max)
-        assert c.act_sum.dtype == torch.float64 and torch.allclose(w.act_sum, c.act_sum, rtol=1e-12, atol=1e-9)
+        # each shard is batched on its own, and a matrix product's last bits depend on the batch's shape
+        assert torch.allclose(w.act_max, c.act_max, rtol=1e-5, atol=1e-6)
+        assert c.act_sum.dtype == torch.float64 and torch.allclose(w.act_sum, c.act_sum, rtol=1e-6, atol=1e-6)
         assert int(w.fire_count.sum()) > 0
 
 

@@ -59,13 +59,13 @@ from unlearn_core.saes.loading import LoadedSae
 from unlearn_core.scoring.batching import (
     DEFAULT_BATCH_TOKENS,
     DEFAULT_MAX_SEQ_LEN,
-    _final_logprobs,
     batches_by_length,
     right_padded,
     tokenize_with_bos,
 )
 from unlearn_core.scoring.generation import generate, generate_batch, generate_batch_ids
 from unlearn_core.scoring.perplexity import perplexity, perplexity_one_at_a_time
+from unlearn_core.scoring.vocab_logprobs import final_logprobs
 
 BENCH_LAYERS = (5, 9, 12)
 PRESET = "gemma-3-270m-offline"
@@ -182,7 +182,7 @@ def selections_in_dtype(selections: Sequence[LatentSelection], dtype: torch.dtyp
 
 
 def unembed_rounding(lm_fast: LoadedModel, texts: Sequence[str], max_seq_len: int = DEFAULT_MAX_SEQ_LEN) -> dict[str, float]:
-    """On the fast model's own final residuals (one batch of ``texts``): how much :func:`_final_logprobs` moves when
+    """On the fast model's own final residuals (one batch of ``texts``): how much :func:`final_logprobs` moves when
     the unembedding runs in float32 instead of the model's dtype (whose logits are rounded before the float32
     log-sum-exp). ``nll_shift`` is the mean NLL change (fast-dtype logits minus float32 ones)."""
     seqs = tokenize_with_bos(lm_fast, texts, max_seq_len)
@@ -192,9 +192,9 @@ def unembed_rounding(lm_fast: LoadedModel, texts: Sequence[str], max_seq_len: in
         resid = model(tokens, stop_at_layer=model.cfg.n_layers)
         keep = positions < (lengths - 1)[:, None]
         targets = tokens[:, 1:][keep[:, :-1]]
-        fast, _ = _final_logprobs(model, resid[keep], targets)
+        fast, _ = final_logprobs(model, resid[keep], targets)
         wide = types.SimpleNamespace(cfg=model.cfg, ln_final=model.ln_final, W_U=model.W_U.float(), b_U=model.b_U)
-        exact, _ = _final_logprobs(wide, resid[keep], targets)
+        exact, _ = final_logprobs(wide, resid[keep], targets)
     diff = (exact - fast).double()
     return {"tokens": int(diff.numel()), "nll_shift": float(diff.mean()), "logprob_mean_abs_diff": float(diff.abs().mean()),
             "ppl_rel_effect": math.expm1(float(diff.mean()))}

@@ -2,7 +2,8 @@
 
 Every text gets BOS prepended. Sequences are sorted by length and right-padded (causal attention means padding after
 a text cannot change its scores, so no attention mask is needed), and the vocabulary projection is done only for
-real positions, in chunks, so a 262k-token vocabulary never materialises as one huge logits tensor.
+real positions, in cache-sized tiles (:mod:`unlearn_core.scoring.vocab_logprobs`), so a 262k-token vocabulary never
+materialises as one huge logits tensor.
 
 Sharing and stopping, for every scoring loop of this stage: each batch takes the model's lock (and adds its hooks)
 on its own, so other callers of the same model get their turn between two batches; and before each batch the job
@@ -18,11 +19,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from unlearn_core.ablation.interventions import Hook, intervened
 from unlearn_core.errors import InputError, Stopped
 from unlearn_core.models.loading import LoadedModel
+from unlearn_core.scoring.vocab_logprobs import final_normed, unembed_logprobs
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)``; units are tokens for scoring and steps for generation."""
@@ -33,7 +36,10 @@ _SCOPED_STOPS: contextvars.ContextVar[tuple[StopCheck, ...]] = contextvars.Conte
 
 DEFAULT_MAX_SEQ_LEN = 1024
 DEFAULT_BATCH_TOKENS = 2048
-UNEMBED_CHUNK = 512
+BATCH_OVERHEAD_TOKENS = 64
+"""What one more batch costs, in padded tokens: a memory-bound pass over the weights and the Python per-call work."""
+UNEMBED_GROUP_ROWS = 1024
+"""Scored positions gathered (from one or more batches) before each pass of the vocabulary projection."""
 
 
 def tokenize_with_bos(lm: LoadedModel, texts: Sequence[str], max_seq_len: int = DEFAULT_MAX_SEQ_LEN) -> list[list[int]]:
@@ -71,18 +77,28 @@ class TokenScores:
 
 
 def batches_by_length(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Group sequence indices, longest first, so each padded batch has at most ``batch_tokens`` tokens."""
+    """Group sequence indices, longest first, so each padded batch has at most ``batch_tokens`` tokens (a longer
+    sequence gets a batch of its own) and the padded tokens plus ``BATCH_OVERHEAD_TOKENS`` per batch are fewest.
+
+    Each batch is a run of the length-sorted sequences, and the runs are chosen by dynamic programming: padding
+    every short text to the longest one's width wastes forward passes, while each extra batch costs a pass over all
+    weights (memory-bound) and the per-call overhead.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        width = lengths[current[0]] if current else lengths[i]
-        if current and width * (len(current) + 1) > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
+    width = np.array([lengths[i] for i in order], dtype=np.int64)
+    n = len(order)
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n - 1, -1, -1):
+        rows = max(1, min(n - i, batch_tokens // max(1, int(width[i]))))
+        sizes = np.arange(1, rows + 1)
+        costs = sizes * width[i] + BATCH_OVERHEAD_TOKENS + best[i + sizes]
+        k = int(np.argmin(costs))
+        best[i], cut[i] = costs[k], i + k + 1
+    batches, i = [], 0
+    while i < n:
+        batches.append(order[i : cut[i]])
+        i = int(cut[i])
     return batches
 
 
@@ -113,13 +129,38 @@ def score_tokens(
     Each batch holds the model (with ``hooks``) on its own; ``should_stop`` is asked before each batch
     (:class:`~unlearn_core.errors.Stopped` when it says so).
     """
+    results: list[TokenScores | None] = [None] * len(sequences)
+    total = sum(len(s) - 1 for s in sequences)
+    done = 0
+    for group in iter_token_scores(lm, sequences, hooks, batch_tokens, should_stop):
+        for i, scores in group:
+            results[i] = scores
+            done += scores.logprobs.numel()
+        if progress is not None:
+            progress(done, total)
+    return [r for r in results if r is not None]
+
+
+def iter_token_scores(
+    lm: LoadedModel,
+    sequences: Sequence[Sequence[int]],
+    hooks: Sequence[Hook] = (),
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    should_stop: StopCheck | None = None,
+) -> Iterator[list[tuple[int, TokenScores]]]:
+    """:func:`score_tokens` as it goes: yields ``(sequence index, scores)`` pairs, group by group.
+
+    The layers run one length-sorted batch at a time, each holding the model with ``hooks`` (final norm included).
+    The vocabulary projection, which no hook touches, runs once per ``UNEMBED_GROUP_ROWS`` scored positions (at most
+    ``batch_tokens``) gathered from one or more batches, after the model is released: a pass over the 262k-entry unembedding costs nearly the
+    same for 50 rows as for 1,000, and other callers need not wait for it.
+    """
     if any(len(s) < 2 for s in sequences):
         raise InputError("every sequence needs at least two tokens (BOS and one more)")
     lengths = [len(s) for s in sequences]
-    total = sum(n - 1 for n in lengths)
-    done = 0
-    results: list[TokenScores | None] = [None] * len(sequences)
-    for batch in batches_by_length(lengths, batch_tokens):
+    batches = batches_by_length(lengths, batch_tokens)
+    pending: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+    for k, batch in enumerate(batches):
         check_stop(should_stop)
         tokens, positions, batch_lengths = right_padded(lm, sequences, batch)
         tokens = tokens.to(lm.device)
@@ -127,22 +168,24 @@ def score_tokens(
             resid = model(tokens, stop_at_layer=model.cfg.n_layers)
             # Positions 0..n-2 of each row predict tokens 1..n-1; gather them all into one flat list.
             keep = (positions < (batch_lengths - 1)[:, None]).to(resid.device)
-            targets = tokens[:, 1:][keep[:, :-1]]
-            logp, hits = _final_logprobs(model, resid[keep], targets)
-        offset = 0
-        for i in batch:
+            pending.append((batch, final_normed(model, resid[keep]), tokens[:, 1:][keep[:, :-1]]))
+        if k < len(batches) - 1 and sum(p[1].shape[0] for p in pending) < min(UNEMBED_GROUP_ROWS, batch_tokens):
+            continue
+        with torch.inference_mode():
+            logp, hits = unembed_logprobs(lm.model, torch.cat([p[1] for p in pending]), torch.cat([p[2] for p in pending]))
+        group, offset = [], 0
+        for i in (i for p in pending for i in p[0]):
             n = lengths[i] - 1
-            results[i] = TokenScores(logp[offset : offset + n].cpu(), hits[offset : offset + n].cpu())
+            group.append((i, TokenScores(logp[offset : offset + n].cpu(), hits[offset : offset + n].cpu())))
             offset += n
-        done += sum(lengths[i] - 1 for i in batch)
-        if progress is not None:
-            progress(done, total)
-    return [r for r in results if r is not None]
+        pending = []
+        yield group
 
 
 def unembed(model: Any, x: torch.Tensor) -> torch.Tensor:
     """Unembedding, output bias and soft-cap of final-norm residuals ``x`` [rows, d_model] -> [rows, d_vocab], in
-    float32 (differentiable; for a few rows: :func:`_final_logprobs` streams many rows through one buffer)."""
+    float32 (differentiable; for a few rows: :func:`~unlearn_core.scoring.vocab_logprobs.final_logprobs` scores many
+    rows without the full logits)."""
     from transformer_lens.utilities.activation_functions import softcap_enabled
 
     logits = (x @ model.W_U).float()
@@ -152,42 +195,3 @@ def unembed(model: Any, x: torch.Tensor) -> torch.Tensor:
     if softcap_enabled(cap):
         logits = torch.tanh(logits / cap) * cap
     return logits
-
-
-def _final_logprobs(model: Any, resid: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(target) and argmax hit for [N, d_model] final-layer residuals.
-
-    The vocabulary projection dominates the cost of scoring (262k x 640 for Gemma 3), so it is done in chunks into
-    one reused buffer, and the log-sum-exp is computed in place: no 1 GB temporaries, no page-fault storms.
-    """
-    from transformer_lens.utilities.activation_functions import softcap_enabled
-
-    n = resid.shape[0]
-    if n == 0:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
-    if model.cfg.normalization_type is not None:
-        resid = model.ln_final(resid.unsqueeze(0))[0]
-    w_u = model.W_U
-    b_u = model.b_U if bool(model.b_U.any()) else None
-    cap = model.cfg.output_logits_soft_cap
-    buf = torch.empty(min(UNEMBED_CHUNK, n), w_u.shape[1], dtype=torch.float32, device=resid.device)
-    logps, hits = [], []
-    for start in range(0, n, UNEMBED_CHUNK):
-        x = resid[start : start + UNEMBED_CHUNK]
-        logits = buf[: x.shape[0]]
-        if w_u.dtype == torch.float32:
-            torch.mm(x.float(), w_u, out=logits)
-        else:
-            logits.copy_(x @ w_u)
-        if b_u is not None:
-            logits.add_(b_u.float())
-        if softcap_enabled(cap):
-            logits.div_(cap).tanh_().mul_(cap)  # = apply_softcap, without a chunk-sized temporary
-        tgt = targets[start : start + UNEMBED_CHUNK]
-        tgt_logits = logits.gather(1, tgt[:, None])[:, 0]
-        top, arg = logits.max(dim=-1)
-        logits.sub_(top[:, None]).exp_()
-        logsumexp = top + logits.sum(dim=-1).log()
-        logps.append(tgt_logits - logsumexp)
-        hits.append(arg == tgt)
-    return torch.cat(logps), torch.cat(hits)

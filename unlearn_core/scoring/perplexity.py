@@ -21,9 +21,8 @@ from unlearn_core.scoring.batching import (
     DEFAULT_MAX_SEQ_LEN,
     ProgressCallback,
     StopCheck,
-    batches_by_length,
     check_stop,
-    score_tokens,
+    iter_token_scores,
     tokenize_with_bos,
 )
 
@@ -59,7 +58,8 @@ def iter_perplexity(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
 ) -> Iterator[PerplexityResult]:
-    """:func:`perplexity`, yielding the running result after each batch (the last one is the final answer).
+    """:func:`perplexity`, yielding the running result after each group of batches scored together (about
+    ``UNEMBED_GROUP_ROWS`` tokens; the last one is the final answer).
 
     Lets a caller show a first number early and stop between batches; ``n_texts`` counts the texts scored so far.
     Each batch takes the model's lock separately, so other sessions' work interleaves with a long run;
@@ -68,14 +68,12 @@ def iter_perplexity(
     sequences = [s for s in tokenize_with_bos(lm, texts, max_seq_len) if len(s) >= 2]
     if not sequences:
         raise InputError("no text with at least one token to score")
-    lengths = [len(s) for s in sequences]
-    total = sum(n - 1 for n in lengths)
+    total = sum(len(s) - 1 for s in sequences)
     nll, n, n_texts = 0.0, 0, 0
-    for batch in batches_by_length(lengths, batch_tokens):
-        scores = score_tokens(lm, [sequences[i] for i in batch], hooks, batch_tokens, should_stop=should_stop)
-        nll -= sum(float(s.logprobs.double().sum()) for s in scores)
-        n += sum(int(s.logprobs.numel()) for s in scores)
-        n_texts += len(scores)
+    for group in iter_token_scores(lm, sequences, hooks, batch_tokens, should_stop=should_stop):
+        nll -= sum(float(s.logprobs.double().sum()) for _, s in group)
+        n += sum(int(s.logprobs.numel()) for _, s in group)
+        n_texts += len(group)
         if progress is not None:
             progress(n, total)
         yield PerplexityResult(perplexity=float(torch.tensor(nll / n).exp()), nll_sum=nll, n_tokens=n, n_texts=n_texts)
