@@ -228,6 +228,29 @@ def test_bfloat16_takes_sdpa_and_packed_weights_rebuilt_after_a_change():
         close(patched(TOKENS), plain(TOKENS))  # a stale packed copy would be far off
 
 
+def test_bfloat16_gated_mlp_fuses_gelu_and_product_unless_their_hooks_are_used():
+    plain, patched = pair(dtype=torch.bfloat16)
+    mlp = patched.blocks[1].mlp
+    x = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(5)).bfloat16()
+    with torch.inference_mode():
+        want = plain.blocks[1].mlp(x.float().bfloat16()).float()
+        wide = mlp.W_gate.float(), mlp.W_in.float(), mlp.W_out.float()
+        exact = (torch.nn.functional.gelu(x.float() @ wide[0], approximate="tanh") * (x.float() @ wide[1])) @ wide[2]
+        got = mlp(x).float()
+        if fast_forward._PACKING:
+            assert fast_forward.fuses_gated_mlp(mlp, x) and {"gate", "in"} <= vars(mlp)[fast_forward._PACKED].keys()
+        # closer to float32 than the library's bfloat16 (one rounding instead of three), and near the library
+        assert float((got - exact).abs().mean()) <= float((want - exact).abs().mean()) * 1.05
+        assert float((got - want).abs().max()) < 0.05 * float(want.abs().max())
+        seen = {}
+        handle = mlp.hook_pre.register_forward_hook(lambda m, i, o: seen.setdefault("pre", o.clone()))
+        try:
+            mlp(x)
+        finally:
+            handle.remove()
+        assert seen["pre"].shape == (2, 7, 64)  # a hook on the pre-activation still sees it
+
+
 def _lm(model, patches: bool) -> LoadedModel:
     model.tokenizer = ByteTokenizer()
     return LoadedModel(model=model, preset=get_preset("gemma-3-270m-offline"), device="cpu", dtype=torch.float32,

@@ -97,13 +97,14 @@ def _global_hooks() -> bool:
 
 
 def _linear(owner: Any, slot: str, x: torch.Tensor, weight: Any, bias: torch.Tensor | None,
-            sources: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            sources: tuple[torch.Tensor, ...], post: str = "none", other: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight.contiguous(), bias)``; for bfloat16 on the CPU with oneDNN's copy of ``weight`` packed
     once for its kernel (the same result, bit for bit; kept until one of ``sources`` changes). ``weight`` may be a
-    list of ``(weight, bias)`` pairs: their products side by side, from one packed matrix."""
+    list of ``(weight, bias)`` pairs: their products side by side, from one packed matrix. ``post`` (packed path
+    only, see :func:`_packs`): ``"gelu_tanh"`` applies the tanh GELU, ``"mul"`` multiplies by ``other``, both on
+    oneDNN's float32 accumulator before the rounding to bfloat16."""
     fused = isinstance(weight, list)
-    dtype = weight[0][0].dtype if fused else weight.dtype
-    if dtype != torch.bfloat16 or x.device.type != "cpu" or not _PACKING or torch.is_grad_enabled():
+    if not _packs(x, weight[0][0] if fused else weight):
         if fused:
             return torch.cat([F.linear(x, w, b) for w, b in weight], dim=-1)
         return F.linear(x, weight.contiguous(), bias)
@@ -114,7 +115,17 @@ def _linear(owner: Any, slot: str, x: torch.Tensor, weight: Any, bias: torch.Ten
         w = torch.cat([w for w, _ in weight]) if fused else weight
         b = torch.cat([b for _, b in weight]) if fused else bias
         hit = packed[slot] = (key, torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 1), b)
-    return torch.ops.mkldnn._linear_pointwise(x, hit[1], hit[2] if fused else bias, "none", [], "")
+    b = hit[2] if fused else bias
+    if post == "mul":
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, hit[1], b, "mul")
+    if post == "gelu_tanh":
+        return torch.ops.mkldnn._linear_pointwise(x, hit[1], b, "gelu", [], "tanh")
+    return torch.ops.mkldnn._linear_pointwise(x, hit[1], b, "none", [], "")
+
+
+def _packs(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`_linear` takes oneDNN's packed bfloat16 path for this input and weight."""
+    return weight.dtype == torch.bfloat16 and x.device.type == "cpu" and _PACKING and not torch.is_grad_enabled()
 
 
 def tensor_version(t: torch.Tensor) -> int:
@@ -251,14 +262,38 @@ def _norm_plan(norm: Any) -> tuple[Any, ...]:
 
 
 def _gated_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    """``GatedMLP.forward`` (non-LayerNorm activations) with :func:`_linear`, after sae_lens' ``hook_in``."""
+    """``GatedMLP.forward`` (non-LayerNorm activations) with :func:`_linear`, after sae_lens' ``hook_in``. In
+    bfloat16 with the tanh GELU and nothing on ``hook_pre`` or ``hook_pre_linear``, the GELU and the product with
+    the linear branch run inside oneDNN's two products, on their float32 accumulators (fewer roundings to bfloat16,
+    and no separate passes over the [tokens, d_mlp] activations)."""
     if "hook_in" in self._modules:
         x = self.hook_in(x)
     w_gate, w_in, w_out = self.W_gate, self.W_in, self.W_out
+    if fuses_gated_mlp(self, x) and _plain_unhooked(self.hook_pre) and _plain_unhooked(self.hook_pre_linear):
+        post_act = _fire(self.hook_post, fused_gate_and_in(self, x, w_gate, w_in, self.b_in))
+        return _linear(self, "out", post_act, w_out.T, self.b_out, (w_out,))
     pre_act = _fire(self.hook_pre, _linear(self, "gate", x, w_gate.T, None, (w_gate,)))
     pre_linear = _fire(self.hook_pre_linear, _linear(self, "in", x, w_in.T, None, (w_in,)))
     post_act = _fire(self.hook_post, (self.act_fn(pre_act) * pre_linear) + self.b_in)
     return _linear(self, "out", post_act, w_out.T, self.b_out, (w_out,))
+
+
+def fuses_gated_mlp(mlp: Any, x: torch.Tensor) -> bool:
+    """Whether :func:`fused_gate_and_in` applies to this MLP and input (tanh GELU, packed bfloat16 products)."""
+    return mlp.cfg.act_fn == "gelu_pytorch_tanh" and _packs(x, mlp.W_gate) and mlp.W_in.dtype == mlp.W_gate.dtype
+
+
+def fused_gate_and_in(mlp: Any, x: torch.Tensor, w_gate: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor
+                      ) -> torch.Tensor:
+    """``gelu_tanh(x @ w_gate) * (x @ w_in) + b_in`` with the GELU and the product inside oneDNN's kernels."""
+    act = _linear(mlp, "gate", x, w_gate.T, None, (w_gate,), post="gelu_tanh")
+    post_act = _linear(mlp, "in", x, w_in.T, None, (w_in,), post="mul", other=act)
+    return post_act + b_in if bool(b_in.any()) else post_act
+
+
+def _plain_unhooked(hook_point: Any) -> bool:
+    """A plain ``HookPoint`` with nothing attached (what :func:`_fire` skips)."""
+    return type(hook_point) is _HOOK_POINT[0] and not _hooked(hook_point)
 
 
 # --- attention --------------------------------------------------------------------------------------------------

@@ -219,6 +219,8 @@ class LeanDecode:
         if x.dtype in ff.EXACT_DTYPES:  # ff._linear is F.linear of the contiguous weight there
             return F.linear(act_fn(F.linear(x, w_gate.T.contiguous())) * F.linear(x, w_in.T.contiguous()) + b_in,
                             w_out.T.contiguous(), b_out)
+        if ff.fuses_gated_mlp(mlp, x):
+            return ff._linear(mlp, "out", ff.fused_gate_and_in(mlp, x, w_gate, w_in, b_in), w_out.T, b_out, (w_out,))
         pre_act = ff._linear(mlp, "gate", x, w_gate.T, None, (w_gate,))
         pre_linear = ff._linear(mlp, "in", x, w_in.T, None, (w_in,))
         return ff._linear(mlp, "out", act_fn(pre_act) * pre_linear + b_in, w_out.T, b_out, (w_out,))

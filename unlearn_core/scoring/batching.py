@@ -152,8 +152,8 @@ def iter_token_scores(
 
     The layers run one length-sorted batch at a time, each holding the model with ``hooks`` (final norm included).
     The vocabulary projection, which no hook touches, runs once per ``UNEMBED_GROUP_ROWS`` scored positions (at most
-    ``batch_tokens``) gathered from one or more batches, after the model is released: a pass over the 262k-entry unembedding costs nearly the
-    same for 50 rows as for 1,000, and other callers need not wait for it.
+    ``batch_tokens``) gathered from one or more batches, after the model is released: a pass over the 262k-entry
+    unembedding costs nearly the same for 50 rows as for 1,000, and other callers need not wait for it.
     """
     if any(len(s) < 2 for s in sequences):
         raise InputError("every sequence needs at least two tokens (BOS and one more)")

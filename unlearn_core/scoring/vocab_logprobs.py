@@ -1,10 +1,10 @@
 """log p(target) and argmax hits over a large vocabulary, without materialising the logits.
 
 The vocabulary projection dominates the cost of scoring (262k x 640 for Gemma 3). :func:`target_logprobs` runs it
-in tiles of ``TILE_ROWS`` rows x ``TILE_COLS`` vocabulary entries small enough to stay in the CPU's cache, and reduces
-each tile at once to its maximum and its sum of exponentials (an online log-sum-exp, as flash attention does for
-its softmax). Streaming whole 512 x 262k chunks through memory instead spent more time on the elementwise passes
-(max, subtract, exp, sum) than on the product itself, in bfloat16 most of all.
+in tiles of up to ``TILE_ROWS`` rows x ``TILE_COLS`` vocabulary entries (16 MB in float32, held by the CPU's
+last-level cache) and reduces each tile at once to its maximum and its sum of exponentials (an online log-sum-exp,
+as flash attention does for its softmax). Streaming whole 512 x 262k chunks through memory instead spent more time
+on the elementwise passes (max, subtract, exp, sum) than on the product itself, in bfloat16 most of all.
 
 Precision: each tile is reduced in float32 whatever the model's dtype. In a bfloat16 model the tile's products are
 rounded to bfloat16 (as the hardware's matrix units return them), which moves the log-sum-exp over 262k entries very
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-TILE_ROWS = 512
+TILE_ROWS = 2048
 TILE_COLS = 2048
 
 
@@ -43,6 +43,7 @@ def target_logprobs(
     if n == 0:
         return torch.zeros(0, device=dev), torch.zeros(0, dtype=torch.bool, device=dev)
     x = x.to(w_u.dtype)
+    tile_rows = -(-n // -(-n // tile_rows))  # rows split evenly over the fewest chunks (no 20-row last chunk)
     bias = bias.float() if bias is not None else None
     n_tiles = -(-vocab // tile_cols)
     tile_max = torch.empty(n, n_tiles, device=dev)
