@@ -310,3 +310,25 @@ def test_real_model_patched_equals_unpatched(real_lm):
     tokens = torch.tensor([prompt_token_ids(real_lm, prompts[1], 1024)])
     with torch.inference_mode():
         assert torch.equal(real_lm.model(tokens), plain.model(tokens))
+
+
+def test_rms_norm_is_the_librarys_in_float32_and_closer_to_it_in_bfloat16():
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.components import RMSNorm
+
+    from unlearn_core.models.exact_ops import rms_norm
+
+    gen = torch.Generator().manual_seed(2)
+    x, w = torch.randn(5, 7, 64, generator=gen) * 3, torch.randn(64, generator=gen)
+    cfg = HookedTransformerConfig(n_layers=1, d_model=64, n_ctx=8, d_head=8, act_fn="gelu", dtype=torch.float32)
+    lib = RMSNorm(cfg)
+    lib.w.data.copy_(w)
+    assert torch.equal(rms_norm(x, w, lib.eps, torch.float32), lib(x))
+    exact = rms_norm(x.bfloat16().float(), w.bfloat16().float(), lib.eps, torch.float32)
+    ours = rms_norm(x.bfloat16(), w.bfloat16(), lib.eps, torch.bfloat16)
+    lib16 = RMSNorm(HookedTransformerConfig(n_layers=1, d_model=64, n_ctx=8, d_head=8, act_fn="gelu", dtype=torch.bfloat16))
+    lib16.w.data.copy_(w.bfloat16())
+    theirs = lib16(x.bfloat16())
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    assert float((ours.float() - exact).abs().mean()) < float((theirs.float() - exact).abs().mean())
+    assert float((ours.float() - theirs.float()).abs().max()) < 0.05 * float(exact.abs().max())

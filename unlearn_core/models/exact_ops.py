@@ -1,4 +1,5 @@
-"""The arithmetic of decoding, op for op as TransformerLens does it (so the library's bits in float32), shared by
+"""The arithmetic of decoding, op for op as TransformerLens does it (so the library's bits in float32; the norm in
+lower precisions differs, see :func:`rms_norm`), shared by
 :mod:`unlearn_core.models.fast_forward` and :mod:`unlearn_core.models.lean_decode`: norms, rotary embeddings
 and the attention pattern."""
 
@@ -11,10 +12,14 @@ import torch.nn.functional as F
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
-    """TransformerLens' ``RMSNorm`` arithmetic, op for op (in float32 for lower-precision models)."""
-    if dtype not in (torch.float32, torch.float64):
-        x = x.to(torch.float32)
-    return (x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()).to(dtype) * w
+    """TransformerLens' ``RMSNorm``: op for op in float32 and float64 (the library's bits). In lower precisions
+    (where the library upcasts to float32, normalises, rounds, then multiplies by ``w`` in the low dtype) the same
+    float32 math in fewer passes, rounded once at the end: the mean square from one float32 norm of ``x``, the scale
+    and ``w`` applied in float32 (closer to the float32 result, and about twice as fast on [tokens, 640])."""
+    if dtype in (torch.float32, torch.float64):
+        return (x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()).to(dtype) * w
+    mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_().div_(x.shape[-1])
+    return torch.mul(x, mean_square.add_(eps).rsqrt_()).mul_(w.float()).to(dtype)
 
 
 def rotate(self: Any, x: torch.Tensor, offset: int) -> torch.Tensor:
