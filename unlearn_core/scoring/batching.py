@@ -25,7 +25,7 @@ import torch
 from unlearn_core.ablation.interventions import Hook, intervened
 from unlearn_core.errors import InputError, Stopped
 from unlearn_core.models.loading import LoadedModel
-from unlearn_core.scoring.vocab_logprobs import final_normed, unembed_logprobs
+from unlearn_core.scoring.vocab_logprobs import final_normed, output_stage, unembed_logprobs
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)``; units are tokens for scoring and steps for generation."""
@@ -186,12 +186,10 @@ def unembed(model: Any, x: torch.Tensor) -> torch.Tensor:
     """Unembedding, output bias and soft-cap of final-norm residuals ``x`` [rows, d_model] -> [rows, d_vocab], in
     float32 (differentiable; for a few rows: :func:`~unlearn_core.scoring.vocab_logprobs.final_logprobs` scores many
     rows without the full logits)."""
-    from transformer_lens.utilities.activation_functions import softcap_enabled
-
+    bias, cap = output_stage(model)
     logits = (x @ model.W_U).float()
-    if bool(model.b_U.any()):
-        logits = logits + model.b_U.float()
-    cap = model.cfg.output_logits_soft_cap
-    if softcap_enabled(cap):
+    if bias is not None:
+        logits = logits + bias.float()
+    if cap is not None:
         logits = torch.tanh(logits / cap) * cap
     return logits

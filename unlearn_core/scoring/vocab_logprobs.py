@@ -107,14 +107,18 @@ def final_normed(model: Any, resid: torch.Tensor) -> torch.Tensor:
     return resid
 
 
-def unembed_logprobs(model: Any, normed: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`target_logprobs` with a TransformerLens ``model``'s unembedding, output bias and logit soft-cap, for
-    final-normed rows."""
+def output_stage(model: Any) -> tuple[torch.Tensor | None, float | None]:
+    """A TransformerLens ``model``'s output bias (None when all zero) and logit soft-cap (None when disabled)."""
     from transformer_lens.utilities.activation_functions import softcap_enabled
 
     cap = model.cfg.output_logits_soft_cap
-    bias = model.b_U if bool(model.b_U.any()) else None
-    return target_logprobs(normed, model.W_U, targets, bias, cap if softcap_enabled(cap) else None)
+    return (model.b_U if bool(model.b_U.any()) else None), (cap if softcap_enabled(cap) else None)
+
+
+def unembed_logprobs(model: Any, normed: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`target_logprobs` with a TransformerLens ``model``'s unembedding and :func:`output_stage`, for
+    final-normed rows."""
+    return target_logprobs(normed, model.W_U, targets, *output_stage(model))
 
 
 def final_logprobs(model: Any, resid: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
