@@ -235,15 +235,17 @@ def _fire(hook_point: Any, x: torch.Tensor) -> torch.Tensor:
     return x if type(hook_point) is _HOOK_POINT[0] and not _hooked(hook_point) else hook_point(x)
 
 
-def _norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
-    """``norm(x)``; TransformerLens' ``RMSNorm`` with no hook attached is computed inline, with the same ops."""
+def _norm(norm: Any, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """``norm(x)``, or with ``rows`` ``norm(x.reshape(-1, rows)).reshape(x.shape)``; TransformerLens' ``RMSNorm``
+    with no hook attached is computed inline, with the same ops (in low precision of ``x`` as it is: no copy)."""
     plan = norm.__dict__.get(_NORM_PLAN)
     if plan is None or plan[0] != _HANDLES.next_id or plan[1] is not norm._parameters.get("w") \
             or plan[2] is not norm._modules.get("hook_scale") or plan[3] is not norm._modules.get("hook_normalized"):
         plan = _norm_plan(norm)
-    if not plan[4] or x.device != plan[7]:
-        return norm(x)
-    return rms_norm(x, plan[1], plan[5], plan[6])
+    inline = plan[4] and x.device == plan[7]
+    if rows is not None and (not inline or x.dtype in EXACT_DTYPES):
+        return _norm(norm, x.reshape(-1, rows)).reshape(x.shape)
+    return rms_norm(x, plan[1], plan[5], plan[6]) if inline else norm(x)
 
 
 _NORM_PLAN, _HANDLES = "_unlearn_norm_plan", torch.utils.hooks.RemovableHandle  # hook registrations take its next id
@@ -371,8 +373,7 @@ def _attention_forward(self: Any, query_input: torch.Tensor, key_input: torch.Te
     k = _fire(self.hook_k, k.reshape(batch, pos, -1, d_head))
     v = _fire(self.hook_v, v.reshape(batch, pos, -1, d_head))
     if self.cfg.use_qk_norm:  # AbstractAttention._apply_qk_norm
-        q = _norm(self.q_norm, q.reshape(-1, d_head)).reshape(q.shape)
-        k = _norm(self.k_norm, k.reshape(-1, d_head)).reshape(k.shape)
+        q, k = _norm(self.q_norm, q, d_head), _norm(self.k_norm, k, d_head)
     if past_kv_cache_entry is not None:
         k, v = past_kv_cache_entry.append(k, v)
     if self.cfg.positional_embedding_type == "rotary":
