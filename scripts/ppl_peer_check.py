@@ -1,7 +1,10 @@
 """Batched perplexity, ours against plain transformers, each run several times in a row (not interleaved), in
 float32 and bfloat16: every run's tokens per second, so the spread shows.
 
-    python scripts/ppl_peer_check.py [--texts 16] [--runs 6] [--dtypes float32 bfloat16]
+    python scripts/ppl_peer_check.py [--texts 16] [--runs 6] [--dtypes float32 bfloat16] [--ours-only]
+
+With ``--ours-only`` (no transformers), an A/B of two trees in alternating processes, e.g. against a commit:
+``git worktree add /tmp/old <commit>; PYTHONPATH=/tmp/old python scripts/ppl_peer_check.py --ours-only``.
 
 ``bench`` interleaves the two sides; there transformers' batched forward (which allocates the full
 [batch, tokens, 262k] logits and upcasts them for the loss) often runs at a fraction of the speed it reaches
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,11 +33,13 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=16)
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--ours-only", action="store_true",
+                    help="skip transformers (for an A/B of two trees: PYTHONPATH=<other tree> python this script)")
     args = ap.parse_args()
     keep_freed_memory()  # as the CLI runs (bench too)
     texts = [t for t in load_texts("wikitext2").texts if t.strip()][: args.texts]
     for dtype in args.dtypes:
-        check_dtype(dtype, texts, args.runs)
+        check_dtype(dtype, texts, args.runs, args.ours_only)
 
 
 def bare_unembedding_gflops(lm: object, runs: int) -> float:
@@ -52,11 +58,18 @@ def _seconds(job: object) -> float:
     return time.perf_counter() - start
 
 
-def check_dtype(dtype: str, texts: list[str], runs: int) -> None:
+def check_dtype(dtype: str, texts: list[str], runs: int, ours_only: bool = False) -> None:
     lm = load_model("gemma-3-270m-offline", dtype=dtype)
-    hf = load_hf_model(lm.dtype)
+    sides = {"ours": lambda: perplexity(lm, texts)}
+    if ours_only:
+        import unlearn_core
+
+        print(f"unlearn_core from {Path(unlearn_core.__file__).parent}")
+    else:
+        hf = load_hf_model(lm.dtype)
+        sides["transformers"] = lambda: hf_perplexity(hf, lm, texts)
     rates: dict[str, list[float]] = {}
-    for side, run in (("ours", lambda: perplexity(lm, texts)), ("transformers", lambda: hf_perplexity(hf, lm, texts))):
+    for side, run in sides.items():
         run()  # warm-up on the same batches
         rates[side] = []
         for _ in range(runs):
@@ -65,6 +78,9 @@ def check_dtype(dtype: str, texts: list[str], runs: int) -> None:
             rates[side].append(result.n_tokens / (time.perf_counter() - start))
     best = {side: max(r) for side, r in rates.items()}
     print(f"{dtype}: " + "; ".join(f"{side} " + " ".join(f"{r:.0f}" for r in rs) + " tok/s" for side, rs in rates.items()))
+    if ours_only:
+        print(f"  ours: perplexity {result.perplexity!r}, fastest {best['ours']:.0f} tok/s")
+        return
     print(f"  fastest of each: ours x{best['ours'] / best['transformers']:.2f}; "
           f"bare unembedding product: {bare_unembedding_gflops(lm, runs):.0f} GFLOPS")
 
