@@ -4,7 +4,8 @@
 
 ``--parts`` instead times the parts of a decode step without the profiler (wall clock around them, fastest of 4
 generations): the products, norms, attention, MLP and whole step of the lean loop, the greedy screen, and the rest
-(prompt pass, set-up, detokenising).
+(prompt pass, set-up, detokenising); then the bandwidth of one-row products alone on the layers' shapes, float32
+and packed bfloat16.
 
 Prints tokens per second (after a warm-up run), then the functions with the most time of their own. The profiler
 adds its own cost to every Python call, so the Python shares it shows are upper bounds; time a change with
@@ -94,6 +95,43 @@ def time_parts(lm: object, prompt: str, baseline: list[Condition], n_tokens: int
         print(f"  {label}: {1000 * parts.get(label, 0.0) / steps:.2f}")
     rest = total - parts.get("step (all layers)", 0.0) - parts.get("greedy screen", 0.0)
     print(f"  the rest (prompt pass, set-up, detokenising), whole generation: {1000 * rest:.0f} ms")
+    one_row_product_bandwidth(lm)
+
+
+def one_row_product_bandwidth(lm: object) -> None:
+    """GB/s of one-row products alone over every layer's weights (the model's shapes, fresh random values):
+    float32 ``F.linear`` and oneDNN's packed bfloat16 kernel (what the fast path uses), fastest of 8 passes."""
+    import torch
+    import torch.nn.functional as F
+
+    cfg = lm.model.cfg  # type: ignore[attr-defined]
+    n_q, n_kv = cfg.n_heads * cfg.d_head, (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
+    shapes = [(n_q + 2 * n_kv, cfg.d_model), (cfg.d_model, n_q), (cfg.d_mlp, cfg.d_model), (cfg.d_mlp, cfg.d_model),
+              (cfg.d_model, cfg.d_mlp)]
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            weights = [[torch.randn(*shape).to(dtype) * 0.05 for shape in shapes] for _ in range(cfg.n_layers)]
+            inputs = [torch.randn(1, shape[1]).to(dtype) for shape in shapes]
+            if dtype == torch.bfloat16:
+                packed = [[torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in layer] for layer in weights]
+                def run(packed=packed, inputs=inputs):
+                    for layer in packed:
+                        for x, w in zip(inputs, layer, strict=True):
+                            torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+            else:
+                def run(weights=weights, inputs=inputs):
+                    for layer in weights:
+                        for x, w in zip(inputs, layer, strict=True):
+                            F.linear(x, w)
+            run()
+            best = float("inf")
+            for _ in range(8):
+                start = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - start)
+            n_bytes = sum(w.numel() * w.element_size() for layer in weights for w in layer)
+            print(f"one-row products alone, {dtype}: {n_bytes / 1e6:.0f} MB in {1000 * best:.1f} ms, "
+                  f"{n_bytes / best / 1e9:.1f} GB/s")
 
 
 if __name__ == "__main__":
