@@ -10,13 +10,13 @@ Prints, for WikiText-2 (and, for the accuracy part, HP fan-wiki) rows:
   of full-vocabulary logits, in bf16 rounded then copied to float32), on the same final residuals;
 * in a low-precision model, each approach's log-prob error against a float32 unembedding of the same weights
   (mean shift and mean absolute error; the previous approach also rounds the target's logit);
+* in a low-precision model, the RMSNorm's time against stop 14's mixed-dtype form (and that the values agree);
 * with ``--profile``: a ``torch.profiler`` table of one ``perplexity`` call.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import torch
@@ -24,7 +24,7 @@ import torch
 from unlearn_core.data.texts import load_texts
 from unlearn_core.models.loading import load_model
 from unlearn_core.models.patches import keep_freed_memory
-from unlearn_core.scoring import batching, vocab_logprobs
+from unlearn_core.scoring import batching
 from unlearn_core.scoring.perplexity import perplexity
 from unlearn_core.scoring.vocab_logprobs import final_normed, target_logprobs
 
@@ -71,15 +71,24 @@ def final_rows(lm, texts: list[str], max_seq_len: int = batching.DEFAULT_MAX_SEQ
     return torch.cat(rows), torch.cat(targets)
 
 
-@contextlib.contextmanager
-def whole_tile_reduction():
-    """Every tile's exponentials shifted by its maximum, as before ``UNSHIFTED_RANGE`` (with one block per tile)."""
-    saved = vocab_logprobs.UNSHIFTED_RANGE
-    vocab_logprobs.UNSHIFTED_RANGE = 0.0
-    try:
-        yield
-    finally:
-        vocab_logprobs.UNSHIFTED_RANGE = saved
+def norm_check(lm) -> None:
+    """The low-precision RMSNorm (``exact_ops.rms_norm``) against stop 14's form, which multiplied the bf16 input by
+    the float32 scale directly (PyTorch's mixed-dtype elementwise path), on [888, 640] rows of the first norm."""
+    from unlearn_core.models.exact_ops import rms_norm
+
+    norm = lm.model.blocks[0].ln1
+    x = (torch.randn(888, norm.w.shape[0], generator=torch.Generator().manual_seed(0)) * 3).to(lm.dtype)
+
+    def mixed():
+        mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_().div_(x.shape[-1])
+        return torch.mul(x, mean_square.add_(norm.eps).rsqrt_()).mul_(norm.w.float()).to(lm.dtype)
+
+    with torch.inference_mode():
+        same = torch.equal(mixed(), rms_norm(x, norm.w, norm.eps, lm.dtype))
+        old = fastest(mixed, 20)
+        new = fastest(lambda: rms_norm(x, norm.w, norm.eps, lm.dtype), 20)
+    print(f"RMSNorm on [888, 640] {lm.dtype}: mixed-dtype product (stop 14) {1e3 * old:.2f} ms, cast first "
+          f"{1e3 * new:.2f} ms (x{old / new:.1f}), same values: {same}")
 
 
 def fastest(job, runs: int = 3) -> float:
@@ -112,11 +121,8 @@ def main() -> None:
         old = fastest(lambda: chunked_logprobs(x, w_u, targets))
         new = fastest(lambda: target_logprobs(x, w_u, targets))
     print(f"unembedding stage, {x.shape[0]} rows, {lm.dtype}: chunked {old:.3f} s, tiles {new:.3f} s (x{old / new:.2f})")
-    with torch.inference_mode(), whole_tile_reduction():
-        whole = fastest(lambda: target_logprobs(x, w_u, targets, block_rows=vocab_logprobs.TILE_ROWS))
-    print(f"  tiles reduced whole and always shifted (stop 14) {whole:.3f} s, in {vocab_logprobs.BLOCK_ROWS}-row "
-          f"blocks {new:.3f} s (x{whole / new:.2f})")
     if w_u.dtype != torch.float32:
+        norm_check(lm)
         for corpus, n in (("wikitext2", 24), ("hp-fanwiki", 24)):
             rows, tgt = final_rows(lm, [t for t in load_texts(corpus).texts if t.strip()][:n], 256)
             with torch.inference_mode():

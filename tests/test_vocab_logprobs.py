@@ -71,19 +71,17 @@ def test_no_rows_gives_empty_results():
 
 
 @pytest.mark.parametrize("scale,offset", [(0.1, 0.0), (30.0, 0.0), (1.0, -150.0), (1.0, 90.0)])
-@pytest.mark.parametrize("block_rows", [3, 128])
-def test_blocks_with_moderate_and_extreme_logits_match_full_logits(scale, offset, block_rows):
-    """Moderate maxima take exp of the values themselves, extreme ones (overflow or underflow of e^x) the shifted
-    form; rows split into blocks of 3 mix both when a row of large logits sits beside small ones."""
-    gen = torch.Generator().manual_seed(int(scale * 10) + block_rows)
+def test_extreme_logits_match_full_logits(scale, offset):
+    """Logits far beyond exp's float32 range (overflow above ~88, underflow below ~-87) in some rows or all."""
+    gen = torch.Generator().manual_seed(int(scale * 10))
     n, d, vocab = 23, 16, 500
     x = torch.randn(n, d, generator=gen) * scale
-    x[5] *= 40  # one row far out of the unshifted range whatever the scale
+    x[5] *= 40  # one row far out of exp's range whatever the scale
     w_u = torch.randn(d, vocab, generator=gen)
     bias = torch.full((vocab,), offset)
     targets = torch.randint(0, vocab, (n,), generator=gen)
     targets[::3] = (x @ w_u)[::3].argmax(-1)
-    logp, hits = target_logprobs(x, w_u, targets, bias, None, 16, 128, block_rows)
+    logp, hits = target_logprobs(x, w_u, targets, bias, None, 16, 128)
     want_logp, want_hits = reference(x.double(), w_u.double(), targets, bias.double())
     assert bool(torch.isfinite(logp).all())
     assert torch.allclose(logp.double(), want_logp, atol=2e-4, rtol=1e-5)
