@@ -112,17 +112,18 @@ def one_row_product_bandwidth(lm: object) -> None:
         for dtype in (torch.float32, torch.bfloat16):
             weights = [[torch.randn(*shape).to(dtype) * 0.05 for shape in shapes] for _ in range(cfg.n_layers)]
             inputs = [torch.randn(1, shape[1]).to(dtype) for shape in shapes]
-            if dtype == torch.bfloat16:
-                packed = [[torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in layer] for layer in weights]
-                def run(packed=packed, inputs=inputs):
-                    for layer in packed:
-                        for x, w in zip(inputs, layer, strict=True):
-                            torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+            if dtype == torch.bfloat16:  # the packed kernel the fast path uses
+                mats = [[torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in layer] for layer in weights]
+                def product(x, w):
+                    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
             else:
-                def run(weights=weights, inputs=inputs):
-                    for layer in weights:
-                        for x, w in zip(inputs, layer, strict=True):
-                            F.linear(x, w)
+                mats, product = weights, F.linear
+
+            def run(mats=mats, product=product, inputs=inputs):
+                for layer in mats:
+                    for x, w in zip(inputs, layer, strict=True):
+                        product(x, w)
+
             run()
             best = float("inf")
             for _ in range(8):

@@ -15,10 +15,10 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, dtype: torch.dtype) -
     """TransformerLens' ``RMSNorm``: op for op in float32 and float64 (the library's bits). In lower precisions
     (where the library upcasts to float32, normalises, rounds, then multiplies by ``w`` in the low dtype) the same
     float32 math in fewer passes, rounded once at the end: the mean square from one float32 norm of ``x``, the scale
-    and ``w`` applied in float32 (closer to the float32 result, and about twice as fast on [tokens, 640])."""
+    and ``w`` applied in float32 (closer to the float32 result; ``scripts/scoring_check.py`` times it)."""
     if dtype in (torch.float32, torch.float64):
         return (x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()).to(dtype) * w
-    wide = x.float()  # one cast up front: a bfloat16-times-float32 product takes a slow mixed-dtype path (x5 here)
+    wide = x.float()  # one cast up front: a bfloat16-times-float32 product takes PyTorch's slower mixed-dtype path
     mean_square = torch.linalg.vector_norm(wide, dim=-1, keepdim=True).square_().div_(x.shape[-1])
     return wide.mul_(mean_square.add_(eps).rsqrt_()).mul_(w.float()).to(dtype)
 
